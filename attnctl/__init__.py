@@ -1,0 +1,25 @@
+"""attnctl: training-free attention control for diffusion models, on Hugging Face diffusers.
+
+Pipelines are imported lazily (``from attnctl import StructuredDiffusionPipeline``) so that the light parts
+of the package (phrase parsing, window geometry) load without importing diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "StructuredDiffusionPipeline": "attnctl.pipelines.structured",
+    "StructuredDiffusionPipelineOutput": "attnctl.pipelines.structured",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attnctl' has no attribute {name!r}")

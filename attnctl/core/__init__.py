@@ -1,0 +1,22 @@
+"""attnctl's core: one controlled attention processor, its control protocol, run state and map capture."""
+
+from .controller import AttentionController
+from .controls import AttentionCall, AttentionControl, ContextSets
+from .engine import attend, combine_masks, sdpa
+from .layers import LayerInfo, token_grid
+from .processor import ControlledAttnProcessor
+from .store import AttentionStore
+
+__all__ = [
+    "AttentionCall",
+    "AttentionControl",
+    "AttentionController",
+    "AttentionStore",
+    "ContextSets",
+    "ControlledAttnProcessor",
+    "LayerInfo",
+    "attend",
+    "combine_masks",
+    "sdpa",
+    "token_grid",
+]

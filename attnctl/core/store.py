@@ -1,0 +1,83 @@
+"""Capture of cross-attention maps per token, for heat maps (as DAAM and prompt-to-prompt show them).
+
+:class:`AttentionStore` is an *observe* control: on the cross-attention layers it selects it asks for the
+probabilities, averages them over heads, resizes each layer's map to the latent grid and accumulates a
+running mean over layers and steps. Only the selected layers pay for materialised probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .controls import AttentionCall, AttentionControl
+from .layers import LayerInfo
+
+
+class AttentionStore(AttentionControl):
+    """Running mean of per-token cross-attention maps.
+
+    Args:
+        layer_filter: which cross-attention layers to record (default: all of them).
+        max_tokens: skip layers whose query grid has more positions than this (the high-resolution layers
+            dominate the cost of materialising probabilities and add little to token maps).
+        steps: record only these step indices (default: every step).
+    """
+
+    def __init__(
+        self,
+        layer_filter: Callable[[LayerInfo], bool] | None = None,
+        max_tokens: int | None = None,
+        steps: set[int] | range | None = None,
+    ) -> None:
+        self.layer_filter = layer_filter
+        self.max_tokens = max_tokens
+        self.steps = steps
+        self.reset()
+
+    def reset(self) -> None:
+        self._sum: torch.Tensor | None = None  # (batch, text_tokens, height, width), float32
+        self._count = 0
+
+    def applies_to(self, call: AttentionCall) -> bool:
+        if not call.is_cross or call.grid is None or len(call.grid) != 2:
+            return False
+        if self.layer_filter is not None and not self.layer_filter(call.layer):
+            return False
+        if self.max_tokens is not None and call.query_tokens > self.max_tokens:
+            return False
+        return self.steps is None or call.step in self.steps
+
+    def needs_probs(self, call: AttentionCall) -> bool:
+        return True
+
+    def observe(self, call: AttentionCall, probs: torch.Tensor) -> None:
+        height, width = call.grid
+        maps = probs.float().mean(dim=1)  # (batch, heads, q, text) -> (batch, q, text)
+        maps = maps.transpose(1, 2).reshape(maps.shape[0], -1, height, width)  # (batch, text, h, w)
+        target = call.controller.sample_hw or (height, width)
+        if (height, width) != tuple(target):
+            maps = F.interpolate(maps, size=target, mode="bilinear", align_corners=False)
+        maps = maps.detach().cpu()
+        if self._sum is None or self._sum.shape != maps.shape:
+            self._sum, self._count = torch.zeros_like(maps), 0
+        self._sum += maps
+        self._count += 1
+
+    @property
+    def num_records(self) -> int:
+        return self._count
+
+    def maps(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(batch, text_tokens, height, width): mean attention per token, optionally resized to ``size``.
+
+        Each pixel's values over the tokens sum to one (they are softmax rows); normalise per map for display.
+        """
+        if self._sum is None:
+            raise RuntimeError("no cross-attention was recorded; run the model with the store installed first")
+        maps = self._sum / self._count
+        if size is not None and tuple(size) != tuple(maps.shape[-2:]):
+            maps = F.interpolate(maps, size=tuple(size), mode="bicubic", align_corners=False).clamp_min(0)
+        return maps
