@@ -94,7 +94,7 @@ class StructuredControl(AttentionControl):
             raise ValueError(f"struct_mode={mode!r} is not one of {STRUCT_MODES} (or None for stock guidance)")
         self.phrases_per_row = [list(p) for p in phrases_per_row]
         self.mode = mode
-        self._cache: tuple[tuple, ContextSets] | None = None
+        self._cache: tuple[torch.Tensor, int, ContextSets] | None = None
 
     @property
     def active(self) -> bool:
@@ -107,10 +107,14 @@ class StructuredControl(AttentionControl):
         return call.is_cross and self.active
 
     def context(self, call: AttentionCall, encoder_hidden_states: torch.Tensor) -> ContextSets | None:
-        key = (encoder_hidden_states.data_ptr(), tuple(encoder_hidden_states.shape), encoder_hidden_states.dtype)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._build(encoder_hidden_states))
-        return self._cache[1]
+        # the cache holds the states tensor itself, so identity plus version means unchanged content
+        if self._cache is not None:
+            states, version, sets = self._cache
+            if states is encoder_hidden_states and version == encoder_hidden_states._version:
+                return sets
+        sets = self._build(encoder_hidden_states)
+        self._cache = (encoder_hidden_states, encoder_hidden_states._version, sets)
+        return sets
 
     def _build(self, states: torch.Tensor) -> ContextSets:
         rows, cond = states.shape[0], len(self.phrases_per_row)

@@ -156,3 +156,11 @@ def test_overlong_prompt_is_truncated_with_warnings(pipe, caplog):
     assert [p.text for p in out.phrases[0]] == ["a blue bench"]
     assert "past the tokenizer's limit" in caplog.text
 
+
+
+def test_model_cpu_offload_hooks_leave_the_result_unchanged(pipe, tiny_sd_path):
+    offloaded = StructuredDiffusionPipeline.from_pretrained(tiny_sd_path)
+    offloaded.set_progress_bar_config(disable=True)
+    offloaded.enable_model_cpu_offload(device="cpu")  # accelerate's hooks around every model, as on a GPU
+    assert torch.equal(_images(offloaded).images, _images(pipe).images)
+    assert torch.equal(_images(offloaded).images, _images(pipe).images)  # and again: hooks reset properly

@@ -95,3 +95,15 @@ def test_no_phrases_is_stock_and_bad_inputs_are_rejected(setup):
         StructuredControl([[]], "both")
     with pytest.raises(ValueError, match="prepared for 3 conditional rows"):
         _run(attn, hidden, states, StructuredControl([[PhraseEncoding(states[0], 0, 1)]] * 3))
+
+
+def test_aligned_sets_are_rebuilt_when_the_encoder_states_change(setup):
+    attn, hidden, states, phrases = setup
+    control = StructuredControl(phrases, "values")
+    _run(attn, hidden, states, control)
+    states.mul_(2.0)  # in place, as a callback editing prompt_embeds might
+    changed = _run(attn, hidden, states, control)
+    assert torch.equal(changed, _run(attn, hidden, states, StructuredControl(phrases, "values")))
+    replaced = states.clone() + 1.0
+    assert torch.equal(_run(attn, hidden, replaced, control), _run(attn, hidden, replaced,
+                                                                   StructuredControl(phrases, "values")))
