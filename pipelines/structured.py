@@ -22,7 +22,7 @@ from diffusers.image_processor import PipelineImageInput
 from diffusers.utils import BaseOutput
 
 from attnctl.core import AttentionController, AttentionStore, TokenHeatmaps, label_heatmaps
-from attnctl.structured import STRUCT_MODES, Phrase, PhraseEncoding, StructuredControl, extract_phrases
+from attnctl.structured import STRUCT_MODES, Phrase, PhraseEncoding, StructuredControl, prompt_phrases
 
 PhraseInput = str | Phrase
 
@@ -53,15 +53,8 @@ class StructuredDiffusionPipeline(StableDiffusionPipeline):
         ``phrases`` (strings that occur in the prompt) overrides spaCy parsing. A phrase covering the whole
         prompt is dropped: the full prompt is always encoded.
         """
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(
-                f"prompt={prompt!r} is empty; structured guidance needs text (use struct_mode=None for "
-                "unconditional generation)"
-            )
         given = None if phrases is None else [p.text if isinstance(p, Phrase) else p for p in phrases]
-        found = extract_phrases(prompt, self.tokenizer, given)
-        total = len(self.tokenizer(prompt.strip().rstrip("."), add_special_tokens=False).input_ids)
-        return [p for p in found if (p.token_start, p.token_end) != (0, total)]
+        return prompt_phrases(prompt, self.tokenizer, given)
 
     def _phrases_per_prompt(
         self,

@@ -150,3 +150,21 @@ def extract_phrases(
             continue
         result.append(Phrase(text[char_start:char_end], char_start, char_end, start, end))
     return result
+
+
+def prompt_phrases(
+    prompt: str, tokenizer: Any, phrases: list[str] | None = None, nlp: Any | None = None
+) -> list[Phrase]:
+    """What structured guidance encodes for ``prompt``: :func:`extract_phrases` minus a whole-prompt phrase.
+
+    The full prompt is always encoded as C0, so a phrase spanning all of its tokens adds nothing (spec Sec. 1).
+    Raises ``ValueError`` for an empty prompt.
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(
+            f"prompt={prompt!r} is empty; structured guidance needs text (use struct_mode=None for "
+            "unconditional generation)"
+        )
+    found = extract_phrases(prompt, tokenizer, phrases, nlp)
+    total = len(tokenizer(normalize_prompt(prompt), add_special_tokens=False).input_ids)
+    return [p for p in found if (p.token_start, p.token_end) != (0, total)]

@@ -1,0 +1,36 @@
+"""Batch generation behind ``attnctl generate``: job files, seeds, layouts, atomic outputs, manifest, scale-out.
+
+Modules, each with one job: :mod:`.fields` (job fields and validators), :mod:`.jobs` (``.txt``/``.jsonl``
+parsing with line-numbered errors), :mod:`.seeds` (per-item seeds), :mod:`.naming` (safe unique names),
+:mod:`.layouts` (benchmark folder layouts), :mod:`.methods` (``--method`` registry), :mod:`.plan` (items,
+fingerprints), :mod:`.atomic` and :mod:`.media` (atomic PNG/mp4 writes), :mod:`.records` (what is recorded
+per item), :mod:`.manifest` (journals and the merged manifest), :mod:`.processes` (accelerate state, device,
+dtype) and :mod:`.runner` (resume, accelerate split, the loop). Heavy imports (torch, diffusers) wait
+until used, so ``attnctl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Job": "attnctl.batch.jobs",
+    "JobError": "attnctl.batch.jobs",
+    "read_job_file": "attnctl.batch.jobs",
+    "LAYOUTS": "attnctl.batch.layouts",
+    "METHODS": "attnctl.batch.methods",
+    "Method": "attnctl.batch.methods",
+    "RunOptions": "attnctl.batch.runner",
+    "Tally": "attnctl.batch.runner",
+    "run_batch": "attnctl.batch.runner",
+    "derive_seed": "attnctl.batch.seeds",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attnctl.batch' has no attribute {name!r}")
