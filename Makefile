@@ -22,8 +22,11 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
+# The main job on the embedded default model: the same prompts and seeds with stock and structured guidance.
 demo: install
-	$(PY) -m attnctl.demo --out outputs
+	$(PY) -m attnctl generate --method plain --prompts examples/demo-prompts.txt --out outputs/demo/stock
+	$(PY) -m attnctl generate --method structured --prompts examples/demo-prompts.txt --out outputs/demo/structured
+	@echo "images, manifest.jsonl and summary.json in outputs/demo/{stock,structured}"
 
 lint: install
 	$(PY) -m ruff check .

@@ -108,6 +108,20 @@ def _jobs(args: argparse.Namespace, defaults: dict[str, Any]) -> tuple[str, list
     return "--prompt", *parse_lines(lines, "--prompt", True, Path.cwd(), defaults)
 
 
+def _write_summary(out: Path, options, tally, seconds: float) -> None:
+    """``<out>/summary.json``: what this run did, beside the per-item manifest (written atomically)."""
+    from attnctl import __version__
+    from attnctl.batch.atomic import write_text_atomic
+
+    summary = {
+        "attnctl_version": __version__, "method": options.method.name, "model": str(options.model),
+        "seed": options.seed, "layout": options.layout, "done": tally.done, "skipped": tally.skipped,
+        "failed": tally.failed, "failures": tally.failures, "seconds": round(seconds, 2),
+        "manifest": "manifest.jsonl",
+    }
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate the command line, run the batch, print the summary (main process); returns the exit code."""
     try:
@@ -144,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     if PartialState().is_main_process:
         total = tally.done + tally.skipped + tally.failed
+        _write_summary(args.out, options, tally, time.perf_counter() - start)
         print(
             f"attnctl generate: {tally.done} done, {tally.skipped} skipped, {tally.failed} failed "
             f"({total} in all) in {time.perf_counter() - start:.1f} s; manifest: {args.out / 'manifest.jsonl'}"

@@ -32,8 +32,9 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def output_files(out: Path) -> list[str]:
-    """Every file under ``out`` except the manifest and attnctl's state folder, as sorted relative paths."""
+    """Every file under ``out`` except the manifest, the summary and attnctl's state folder, sorted, relative."""
     return sorted(
         str(p.relative_to(out)) for p in out.rglob("*")
-        if p.is_file() and p.name != "manifest.jsonl" and ".attnctl" not in p.relative_to(out).parts
+        if p.is_file() and p.name not in ("manifest.jsonl", "summary.json")
+        and ".attnctl" not in p.relative_to(out).parts
     )

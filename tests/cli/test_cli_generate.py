@@ -53,6 +53,9 @@ def test_generate_writes_pngs_with_metadata_skips_bad_lines_and_keeps_hostile_na
     for line, reason in ((2, "not valid JSON"), (3, "unknown field 'stepz'; did you mean 'steps'"), (4, "background: file not found")):
         assert f"jobs.jsonl:{line}: {reason}" in result.stderr
     assert "6 done, 0 skipped, 3 failed" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["done"], summary["failed"], summary["method"]) == (6, 3, "plain")
+    assert len(summary["failures"]) == 3
 
     records = manifest(out)
     files = output_files(out)
