@@ -1,0 +1,96 @@
+"""Gated positional self-attention (ConViT: d'Ascoli et al. 2021, "ConViT: Improving Vision Transformers with
+Soft Convolutional Inductive Biases", Sec. 3).
+
+Each head mixes content attention and positional attention with a learned gate (eq. 4)::
+
+    A_h = (1 - sigmoid(lambda_h)) softmax(Q_h K_h^T / sqrt(d)) + sigmoid(lambda_h) softmax(v_h^T r)
+
+where ``r_{qk} = (||delta||^2, delta_row, delta_col)`` with ``delta`` the key position minus the query
+position (eq. 5's relative encoding). The locality initialisation (Sec. 3, "Adaptive attention span") sets
+``v_h = alpha * (-1, 2 Delta_row, 2 Delta_col)`` so that head h attends around the offset ``Delta_h``:
+``v_h^T r = -alpha ||delta - Delta_h||^2 + const``. The centres form a ``sqrt(heads) x sqrt(heads)`` square;
+heads beyond that square start with uniform positional attention. The value projection starts as the identity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .grid import check_grid, check_positive, merge_heads, split_heads
+
+
+def relative_positions(grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+    """(H*W, H*W, 3) features ``(||delta||^2, delta_row, delta_col)``, delta = key minus query position."""
+    rows = torch.arange(grid[0], device=device).repeat_interleave(grid[1]).float()
+    cols = torch.arange(grid[1], device=device).repeat(grid[0]).float()
+    delta_row = rows[None, :] - rows[:, None]  # (query, key)
+    delta_col = cols[None, :] - cols[:, None]
+    return torch.stack([delta_row**2 + delta_col**2, delta_row, delta_col], dim=-1)
+
+
+def local_centres(num_heads: int) -> list[tuple[float, float]]:
+    """Each head's attention centre ``Delta_h`` (row, col), on a square of ``floor(sqrt(heads))``-a-side."""
+    side = math.isqrt(num_heads)
+    middle = (side - 1) / 2
+    return [(row - middle, col - middle) for row in range(side) for col in range(side)]
+
+
+class GatedPositionalSelfAttention(nn.Module):
+    """ConViT's GPSA on a (batch, H, W, dim) grid; positions are relative, so any grid size works."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        locality_strength: float = 1.0,
+        local_init: bool = True,
+        gate_init: float = 1.0,
+        qkv_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        check_positive("dim", dim)
+        check_positive("num_heads", num_heads)
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        if locality_strength <= 0:
+            raise ValueError(
+                f"locality_strength must be positive (alpha of eq. 5), got {locality_strength!r}"
+            )
+        self.dim, self.num_heads = dim, num_heads
+        self.qk = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.pos_proj = nn.Linear(3, num_heads)  # the v_pos vectors, one row per head
+        self.gating_param = nn.Parameter(torch.full((num_heads,), float(gate_init)))
+        self.proj = nn.Linear(dim, dim)
+        if local_init:
+            self.locality_init(locality_strength)
+
+    @torch.no_grad()
+    def locality_init(self, strength: float) -> None:
+        """Sec. 3: v_h = alpha (-1, 2 Delta_row, 2 Delta_col), zero bias, identity value projection."""
+        self.v.weight.copy_(torch.eye(self.dim))
+        self.pos_proj.weight.zero_()
+        self.pos_proj.bias.zero_()
+        for head, (row, col) in enumerate(local_centres(self.num_heads)):
+            self.pos_proj.weight[head] = strength * torch.tensor([-1.0, 2 * row, 2 * col])
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 4: the gated attention probabilities, (batch, H, W, dim) -> (batch, heads, H*W, H*W)."""
+        query, key = (split_heads(t, self.num_heads) for t in self.qk(x).chunk(2, dim=-1))
+        content = (query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5).softmax(dim=-1)
+        positions = relative_positions((x.shape[1], x.shape[2]), x.device).to(x.dtype)
+        positional = self.pos_proj(positions).permute(2, 0, 1).softmax(dim=-1)  # (heads, H*W, H*W)
+        gate = torch.sigmoid(self.gating_param).view(-1, 1, 1)
+        mixed = (1 - gate) * content + gate * positional
+        return mixed / mixed.sum(
+            dim=-1, keepdim=True
+        )  # both parts sum to one; renormalise rounding as ConViT
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, H, W, dim) -> (batch, H, W, dim)."""
+        _, height, width = check_grid(x, self.dim)
+        value = split_heads(self.v(x), self.num_heads)
+        return self.proj(merge_heads(self.attention(x) @ value, (height, width)))
