@@ -1,0 +1,112 @@
+"""Quality bar of the embedded default model and its sample grid for the docs.
+
+On the single-object captions held out of training (``attnctl.shapes.scene.HELD_OUT_SINGLE_CAPTIONS``), draw
+``--seeds`` images each and ask the classical checker whether the requested colour and shape are there
+("drawn") and whether nothing else is ("only"). The bar is "drawn" >= 80%.
+
+    python benchmarks/eval_default_model.py --seeds 10 --grid docs/images/default-model-samples.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from attnctl.models.default import default_model_path
+from attnctl.shapes.checker import detect_shapes
+from attnctl.shapes.evaluation import (
+    all_objects_drawn,
+    generate_images,
+    held_out_single_prompts,
+    only_objects_drawn,
+    seeded_jobs,
+    wilson_interval,
+)
+
+GRID_PROMPTS = (
+    "a red circle",
+    "a large blue star",
+    "a small yellow triangle",
+    "a green square",
+    "a purple circle and an orange star",
+    "a yellow square to the left of a red triangle",
+    "a blue circle above a green triangle",
+    "a red star and a blue square and a yellow circle",
+)
+
+
+def save_grid(pipe, path: Path, seeds: int, call_kwargs: dict) -> None:
+    """One row per ``GRID_PROMPTS`` entry (prompt written on the left), ``seeds`` samples per row."""
+    jobs = [(prompt, seed) for prompt in GRID_PROMPTS for seed in range(seeds)]
+    images = generate_images(pipe, jobs, batch_size=len(jobs), **call_kwargs)
+    label_width, size = 300, images[0].width
+    grid = Image.new("RGB", (label_width + seeds * size, len(GRID_PROMPTS) * size), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, prompt in enumerate(GRID_PROMPTS):
+        draw.text((6, row * size + size // 2 - 6), prompt, fill="black")
+        for column in range(seeds):
+            grid.paste(images[row * seeds + column], (label_width + column * size, row * size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="pipeline directory (default: the shipped one)"
+    )
+    parser.add_argument("--seeds", type=int, default=10, help="samples per held-out prompt")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--batch-size", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--grid", type=Path, default=None, help="also save a sample grid PNG here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(args.threads)
+    model = args.model or default_model_path()
+    pipe = StableDiffusionPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    call_kwargs = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    prompts = held_out_single_prompts()
+    jobs = seeded_jobs(prompts, args.seeds)
+    start = time.perf_counter()
+    images = generate_images(pipe, jobs, args.batch_size, **call_kwargs)
+    seconds = time.perf_counter() - start
+    wanted = [p.objects for p in prompts for _ in range(args.seeds)]
+    detections = [detect_shapes(image) for image in images]
+    results = {"model": str(model), "samples": len(jobs), "steps": args.steps, "guidance": args.guidance,
+               "machine": f"{platform.machine()} {torch.get_num_threads()} threads", "seconds": round(seconds, 1)}  # fmt: skip
+    for name, judge in (("drawn", all_objects_drawn), ("only", only_objects_drawn)):
+        hits = sum(judge(found, objects) for found, objects in zip(detections, wanted))
+        low, high = wilson_interval(hits, len(jobs))
+        results[name] = {"hits": hits, "rate": hits / len(jobs), "ci95": [round(low, 3), round(high, 3)]}
+    colour_hits = sum(
+        any(d.colour == objects[0][0] for d in found) for found, objects in zip(detections, wanted)
+    )
+    shape_hits = sum(
+        any(d.shape == objects[0][1] for d in found) for found, objects in zip(detections, wanted)
+    )
+    results["colour_rate"], results["shape_rate"] = colour_hits / len(jobs), shape_hits / len(jobs)
+    results["quality_bar_met"] = results["drawn"]["rate"] >= 0.8
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.grid:
+        save_grid(pipe, args.grid, seeds=8, call_kwargs=call_kwargs)
+        print(f"sample grid written to {args.grid}")
+
+
+if __name__ == "__main__":
+    main()

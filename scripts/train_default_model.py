@@ -1,0 +1,416 @@
+"""Train attnctl's embedded default text-to-image model on procedural coloured-shape scenes, on CPU.
+
+Three phases, each resumable (checkpoints every few minutes and at the end of a phase):
+  1. an ``AutoencoderKL`` (64x64 RGB <-> 16x16x4 latents) on rendered scenes, then its latents are
+     standardised per channel (folded into its 1x1 convs, :mod:`attnctl.models.latent_norm`);
+  2. a ``UNet2DConditionModel`` jointly with a from-scratch causal ``CLIPTextModel`` (epsilon prediction,
+     min-SNR-5 loss weights, 10% caption dropout for classifier-free guidance, EMA of both);
+  3. the VAE decoder alone, with the encoder (hence the latent space the UNet learnt) frozen, on scenes in
+     any colours (``sample_codec_scene``: the held-out colour pairs are held out from the denoiser only).
+Phases 2 and 3 depend only on phase 1, so ``--phase decoder`` can run phase 3 in a second process while
+phase 2 trains. Every batch is a pure function of (seed, phase, step), so a resumed run sees the same data.
+Finally the EMA weights are exported as a diffusers ``StableDiffusionPipeline`` (safetensors).
+
+    python scripts/train_default_model.py --out outputs/train --export attnctl/assets/default-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from attnctl.models.latent_norm import standardize_vae_latents
+from attnctl.models.tokenizer import write_clip_tokenizer
+from attnctl.shapes.render import render_batch
+from attnctl.shapes.scene import CAPTION_WORDS, sample_codec_scene, sample_training_scene
+
+MAX_TOKENS = 24
+CAPTION_DROPOUT = 0.1
+MIN_SNR_GAMMA = 5.0
+SCHEDULE = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+}
+
+
+def build_tokenizer(directory: Path):
+    """The CLIP tokenizer whose vocabulary makes every caption word a single token."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory, CAPTION_WORDS, MAX_TOKENS))
+
+
+def build_vae():
+    """A small 4x-downsampling KL autoencoder: 64x64x3 images <-> 16x16x4 latents."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def build_text_encoder(tokenizer):
+    """A small causal CLIP text transformer (width 64 = the UNet's cross-attention dim)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_TOKENS,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def build_unet():
+    """A small SD-style UNet on 16x16x4 latents with cross-attention at 16x16, 8x8 and 4x4 (mid)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(48, 96, 128),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+
+
+def batch_rng(seed: int, phase: str, step: int) -> np.random.Generator:
+    """The scene sampler's generator for one batch: a pure function of (seed, phase, step)."""
+    return np.random.default_rng([seed, {"vae": 0, "unet": 1, "scale": 2, "decoder": 3}[phase], step])
+
+
+def training_batch(seed: int, phase: str, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+    """Rendered images (batch, 3, 64, 64) in [-1, 1] and their captions."""
+    rng = batch_rng(seed, phase, step)
+    sampler = sample_codec_scene if phase == "decoder" else sample_training_scene
+    scenes = [sampler(rng) for _ in range(batch_size)]
+    return torch.from_numpy(render_batch(scenes)), [scene.caption for scene in scenes]
+
+
+def vae_loss(vae, images: torch.Tensor, generator: torch.Generator, kl_weight: float = 1e-6) -> torch.Tensor:
+    """L1 + MSE reconstruction of a posterior sample plus a small KL term (as in SD's autoencoder)."""
+    posterior = vae.encode(images).latent_dist
+    reconstruction = vae.decode(posterior.sample(generator)).sample
+    return (
+        F.l1_loss(reconstruction, images)
+        + F.mse_loss(reconstruction, images)
+        + kl_weight * posterior.kl().mean()
+    )
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights min(SNR, gamma) / SNR for epsilon prediction (Hang et al. 2023, Eq. 9)."""
+    alpha_bar = alphas_cumprod[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def encode_captions(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+    """Token embeddings (batch, MAX_TOKENS, 64) exactly as ``StableDiffusionPipeline`` computes them."""
+    ids = tokenizer(
+        captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+    )
+    return text_encoder(ids.input_ids)[0]
+
+
+@torch.no_grad()
+def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
+    """EMA with the usual warm-up decay min(max_decay, (1 + step) / (10 + step))."""
+    decay = min(max_decay, (1 + step) / (10 + step))
+    for ema_param, param in zip(ema_model.parameters(), model.parameters()):
+        ema_param.lerp_(param, 1 - decay)
+
+
+def learning_rate(step: int, base: float, warmup: int) -> float:
+    """Linear warm-up to ``base``, then constant (the EMA does the averaging)."""
+    return base * min(1.0, (step + 1) / warmup)
+
+
+class Checkpointer:
+    """Atomic ``torch.save`` of the whole training state every ``minutes`` and on demand."""
+
+    def __init__(self, path: Path, minutes: float):
+        self.path, self.interval, self.last = path, minutes * 60, time.monotonic()
+
+    def due(self) -> bool:
+        """Whether ``minutes`` have passed since the last save."""
+        return time.monotonic() - self.last >= self.interval
+
+    def save(self, state: dict) -> None:
+        """Write ``state`` to a temporary file and rename it over the checkpoint."""
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+        self.last = time.monotonic()
+
+
+def train_vae(args, vae, state: dict, checkpointer: Checkpointer, deadline: float) -> None:
+    """Phase 1: train the autoencoder for ``args.vae_steps`` steps (resuming at ``state['step']``)."""
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    if "vae_optimizer" in state:
+        optimizer.load_state_dict(state["vae_optimizer"])
+    bar = tqdm(range(state["step"], args.vae_steps), desc="vae", initial=state["step"], total=args.vae_steps)
+    smoothed = None
+    for step in bar:
+        images, _ = training_batch(args.seed, "vae", step, args.vae_batch_size)
+        loss = vae_loss(vae, images, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{smoothed:.4f}")
+        state.update(step=step + 1, vae=vae.state_dict(), vae_optimizer=optimizer.state_dict())
+        if checkpointer.due() or step + 1 == args.vae_steps or time.monotonic() > deadline:
+            checkpointer.save(state)
+        if time.monotonic() > deadline:
+            raise SystemExit("deadline reached during the VAE phase; rerun to resume")
+
+
+def finetune_decoder(args, vae, checkpointer: Checkpointer, deadline: float) -> None:
+    """Phase 3: train ``post_quant_conv`` + decoder on posterior samples of the frozen encoder's latents."""
+    vae.requires_grad_(False)
+    vae.post_quant_conv.requires_grad_(True)
+    vae.decoder.requires_grad_(True)
+    params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    state = torch.load(checkpointer.path, weights_only=False) if checkpointer.path.exists() else {"step": 0}
+    if "decoder" in state:
+        vae.load_state_dict(state["decoder"])
+        optimizer.load_state_dict(state["optimizer"])
+    total = args.decoder_steps
+    bar = tqdm(range(state["step"], total), desc="decoder", initial=state["step"], total=total)
+    smoothed = None
+    for step in bar:
+        images, _ = training_batch(args.seed, "decoder", step, args.vae_batch_size)
+        with torch.no_grad():
+            posterior = vae.encode(images).latent_dist
+            latents = posterior.sample(torch.Generator().manual_seed(args.seed * 1_000_003 + step))
+        reconstruction = vae.decode(latents).sample
+        loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{smoothed:.4f}")
+        finished = step + 1 == total or time.monotonic() > deadline
+        if checkpointer.due() or finished:
+            checkpointer.save(
+                {"step": step + 1, "decoder": vae.state_dict(), "optimizer": optimizer.state_dict()}
+            )
+        if finished:
+            break
+
+
+@torch.no_grad()
+def latent_statistics(args, vae, num_batches: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of posterior means over fresh rendered scenes."""
+    latents = torch.cat(
+        [
+            vae.encode(training_batch(args.seed, "scale", i, 64)[0]).latent_dist.mean
+            for i in range(num_batches)
+        ]
+    )  # (num_batches * 64, 4, 16, 16)
+    return latents.mean(dim=(0, 2, 3)), latents.std(dim=(0, 2, 3))
+
+
+def train_unet(args, vae, tokenizer, text_encoder, unet, state, checkpointer: Checkpointer, deadline: float):
+    """Phase 2: denoiser + text encoder with caption dropout, min-SNR weights and EMA copies."""
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler(**SCHEDULE)
+    alphas_cumprod = noise_scheduler.alphas_cumprod
+    ema_unet, ema_text = (
+        copy.deepcopy(unet).requires_grad_(False),
+        copy.deepcopy(text_encoder).requires_grad_(False),
+    )
+    if "ema_unet" in state:
+        ema_unet.load_state_dict(state["ema_unet"])
+        ema_text.load_state_dict(state["ema_text"])
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    vae.requires_grad_(False)
+    bar = tqdm(
+        range(state["step"], args.unet_steps), desc="unet", initial=state["step"], total=args.unet_steps
+    )
+    smoothed = None
+    for step in bar:
+        images, captions = training_batch(args.seed, "unet", step, args.batch_size)
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        drop = torch.rand(len(captions), generator=generator) < CAPTION_DROPOUT
+        captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.sample(generator)  # (B, 4, 16, 16), standardised
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, SCHEDULE["num_train_timesteps"], (len(captions),), generator=generator)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        prediction = unet(noisy, timesteps, encode_captions(tokenizer, text_encoder, captions)).sample
+        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(alphas_cumprod, timesteps, MIN_SNR_GAMMA)).mean()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.lr, args.warmup)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        update_ema(ema_unet, unet, step, args.ema_decay)
+        update_ema(ema_text, text_encoder, step, args.ema_decay)
+        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{smoothed:.4f}")
+        finished = step + 1 == args.unet_steps or time.monotonic() > deadline
+        if checkpointer.due() or finished:
+            state.update(
+                step=step + 1,
+                unet=unet.state_dict(),
+                text_encoder=text_encoder.state_dict(),
+                ema_unet=ema_unet.state_dict(),
+                ema_text=ema_text.state_dict(),
+                optimizer=optimizer.state_dict(),
+            )
+            checkpointer.save(state)
+        if finished and step + 1 < args.unet_steps:
+            print(
+                f"deadline reached at unet step {step + 1}/{args.unet_steps}; exporting the EMA weights so far"
+            )
+            break
+
+
+def export_pipeline(state: dict, decoder_state: dict, tokenizer, directory: Path) -> None:
+    """Save the EMA weights and fine-tuned decoder as a ``StableDiffusionPipeline`` (safetensors, DDIM)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    vae, text_encoder, unet = build_vae(), build_text_encoder(tokenizer), build_unet()
+    vae.load_state_dict(decoder_state["decoder"])
+    vae.register_to_config(scaling_factor=1.0)
+    text_encoder.load_state_dict(state["ema_text"])
+    unet.load_state_dict(state["ema_unet"])
+    scheduler = DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(directory, safe_serialization=True)
+    info = {
+        "vae_steps": state["vae_steps_done"],
+        "unet_steps": state["step"],
+        "decoder_steps": decoder_state["step"],
+        "args": state["args"],
+    }
+    (directory / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; the defaults are the configuration that produced the shipped model."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("outputs/train"), help="checkpoint directory")
+    parser.add_argument("--export", type=Path, default=None, help="write the final pipeline here")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="1 avoids OpenMP stalls on a shared machine")
+    parser.add_argument("--vae-steps", type=int, default=500)
+    parser.add_argument("--vae-batch-size", type=int, default=16)
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--decoder-steps", type=int, default=1500)
+    parser.add_argument("--decoder-lr", type=float, default=5e-4)
+    parser.add_argument("--unet-steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this long")
+    parser.add_argument(
+        "--phase",
+        choices=("all", "decoder"),
+        default="all",
+        help="decoder: only phase 3 (needs phase 1 done)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    deadline = time.monotonic() + (args.max_minutes * 60 if args.max_minutes else math.inf)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(args.out / "tokenizer")
+    checkpointer = Checkpointer(args.out / "checkpoint.pt", args.checkpoint_minutes)
+    path = args.out / "checkpoint.pt"
+    state = torch.load(path, weights_only=False) if path.exists() else {"phase": "vae", "step": 0}
+    state["args"] = {k: str(v) for k, v in vars(args).items()}
+
+    torch.manual_seed(args.seed)
+    vae, text_encoder, unet = build_vae(), build_text_encoder(tokenizer), build_unet()
+    if "vae" in state:
+        vae.load_state_dict(state["vae"])
+    decoder_checkpointer = Checkpointer(args.out / "decoder.pt", args.checkpoint_minutes)
+    if args.phase == "decoder":
+        if state["phase"] == "vae":
+            raise SystemExit(
+                f"--phase decoder needs the VAE phase finished in {path}; run without --phase first"
+            )
+        finetune_decoder(args, vae, decoder_checkpointer, deadline)
+        return
+    if state["phase"] == "vae":
+        train_vae(args, vae, state, checkpointer, deadline)
+        mean, std = latent_statistics(args, vae)
+        print(f"latent mean {mean.tolist()} std {std.tolist()}: folding into the VAE")
+        standardize_vae_latents(vae, mean, std)
+        state = {"phase": "unet", "step": 0, "vae": vae.state_dict(), "vae_steps_done": args.vae_steps,
+                 "args": state["args"]}  # fmt: skip
+        checkpointer.save(state)
+    if "unet" in state:
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+    train_unet(args, vae, tokenizer, text_encoder, unet, state, checkpointer, deadline)
+    finetune_decoder(args, vae, decoder_checkpointer, deadline)
+    if args.export is not None:
+        decoder_state = torch.load(decoder_checkpointer.path, weights_only=False)
+        export_pipeline(state, decoder_state, tokenizer, args.export)
+        print(f"exported the EMA pipeline to {args.export}")
+
+
+if __name__ == "__main__":
+    main()
