@@ -8,6 +8,7 @@ apart into several tokens, which is what multi-token span handling needs to be t
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -25,23 +26,46 @@ def byte_symbols() -> tuple[str, ...]:
     return tuple(table[b] for b in range(256))
 
 
+def apply_merges(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word: merge the lowest-ranked adjacent pair until none is left (GPT-2's rule)."""
+    pieces = list(pieces)
+    while len(pieces) > 1:
+        rank, first = min((ranks.get(pair, math.inf), i) for i, pair in enumerate(zip(pieces, pieces[1:])))
+        if rank == math.inf:
+            break
+        best = (pieces[first], pieces[first + 1])
+        merged, index = [], 0
+        while index < len(pieces):
+            if index + 1 < len(pieces) and (pieces[index], pieces[index + 1]) == best:
+                merged.append(pieces[index] + pieces[index + 1])
+                index += 2
+            else:
+                merged.append(pieces[index])
+                index += 1
+        pieces = merged
+    return pieces
+
+
 def build_vocab(words: Iterable[str]) -> tuple[dict[str, int], list[str]]:
-    """Vocabulary and ranked merges such that each of ``words`` (lower-case ASCII) is one token."""
+    """Vocabulary and ranked merges such that each of ``words`` (lower-case ASCII) is one token.
+
+    Each word is first encoded with the merges made so far; merges joining the resulting pieces left to right
+    are then appended. New merges rank after all earlier ones, so they never change how an earlier word
+    encodes, and every listed word ends up as a single token.
+    """
     symbols = list(byte_symbols())
     tokens: list[str] = symbols + [s + SUFFIX for s in symbols]
     merges: list[str] = []
-    seen_tokens, seen_merges = set(tokens), set()
+    seen_tokens, ranks = set(tokens), {}
     for word in sorted({w.lower() for w in words if w.strip()}):
         if not word.isascii() or not word.isalpha():
             raise ValueError(f"word {word!r}: only ASCII letters can be made single tokens")
-        pieces = list(word[:-1]) + [word[-1] + SUFFIX]
+        pieces = apply_merges(list(word[:-1]) + [word[-1] + SUFFIX], ranks)
         current = pieces[0]
         for piece in pieces[1:]:
-            merge = f"{current} {piece}"
+            ranks[(current, piece)] = len(merges)
+            merges.append(f"{current} {piece}")
             current = current + piece
-            if merge not in seen_merges:
-                seen_merges.add(merge)
-                merges.append(merge)
             if current not in seen_tokens:
                 seen_tokens.add(current)
                 tokens.append(current)
