@@ -1,0 +1,24 @@
+"""Progress bars: a ``callback_on_step_end`` that moves a ``gr.Progress`` bar as the denoiser steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+
+def step_progress(
+    progress: gr.Progress, stage: str, done_before: int = 0, total: int | None = None
+) -> Callable[..., dict]:
+    """A diffusers step-end callback reporting ``(done_before + step + 1) / total`` labelled ``stage``.
+
+    Several pipeline calls of one event share one bar: give each its offset ``done_before`` in the total.
+    ``total=None`` reads the pipeline's ``num_timesteps`` (e.g. a refinement stage that skips early steps).
+    """
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        progress((done_before + step + 1, total or pipe.num_timesteps), desc=stage, unit="steps")
+        return tensors
+
+    return on_step_end

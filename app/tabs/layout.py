@@ -1,0 +1,157 @@
+"""Layout-guided generation tab: each phrase confined to a box (typed, or painted on its own layer), shown
+beside the stock image from the same seed with the boxes drawn over the result."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import gradio as gr
+from PIL import Image
+
+from attnctl import RegionalDiffusionPipeline
+
+from ..models import MODEL_QUEUE, ModelCache
+from ..progress import step_progress
+from ..regions import layer_boxes, phrase_regions
+from ..validation import required_text, seeded_generator, user_errors, whole_number
+from ..widgets import result_image
+
+CANVAS = 512  # the drawing canvas in pixels; boxes are read as fractions of it, so any model size works
+LAYERS = [f"Region {index}" for index in range(1, 5)]
+BRUSH_COLOURS = ["#e5484d", "#3e63dd", "#30a46c", "#f5a524"]
+EXAMPLES = [  # prompt, regions, seed
+    [
+        "a red circle and a blue square",
+        "a red circle: 0.05, 0.3, 0.45, 0.7\na blue square: 0.55, 0.3, 0.95, 0.7",
+        0,
+    ],
+    [
+        "a yellow star and a green triangle",
+        "a yellow star: 0.1, 0.05, 0.6, 0.5\na green triangle: 0.4, 0.5, 0.9, 0.95",
+        1,
+    ],
+]
+
+
+def pixel_box(box: tuple[float, float, float, float], image: Image.Image) -> tuple[int, int, int, int]:
+    """A fractional box in the image's pixels, for drawing it."""
+    x0, y0, x1, y1 = box
+    return (
+        round(x0 * image.width),
+        round(y0 * image.height),
+        round(x1 * image.width),
+        round(y1 * image.height),
+    )
+
+
+def generate(
+    models: ModelCache,
+    model: str,
+    prompt: str,
+    negative: str,
+    regions_text: str,
+    canvas: dict | None,
+    seed: float,
+    steps: float,
+    guidance: float,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's injection)
+) -> tuple:
+    """Stock and layout-guided images from one seed, the boxes over the result, and the run details."""
+    prompt = required_text(prompt, "Prompt")
+    regions = phrase_regions(regions_text, layer_boxes(canvas))
+    steps = whole_number(steps, "Steps", 1, 200)
+    guidance = float(guidance)  # the slider bounds it (Gradio checks API calls too)
+    seeded_generator(seed)  # check the seed before loading anything
+    pipe = models.get(model, RegionalDiffusionPipeline)
+    pairs = [(phrase, box) for phrase, box, _ in regions]
+    with user_errors():
+        pipe.region_tokens(prompt, pairs)  # a phrase missing from the prompt fails before any denoising
+    results, seconds = {}, {}
+    for index, (stage, stage_regions) in enumerate((("stock", None), ("layout", pairs))):
+        started = time.perf_counter()
+        with user_errors():
+            results[stage] = pipe(
+                prompt,
+                negative_prompt=negative.strip() or None,
+                regions=stage_regions,
+                generator=seeded_generator(seed),
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps),
+            )
+        seconds[stage] = round(time.perf_counter() - started, 3)
+    image = results["layout"].images[0]
+    boxes = [(pixel_box(box, image), phrase) for phrase, box, _ in regions]
+    details = {
+        "model": models.resolve(model),
+        "seed": int(seed),
+        "steps": steps,
+        "guidance_scale": guidance,
+        "regions": [
+            {"phrase": phrase, "box": [round(v, 4) for v in box], "from": source, "tokens": tokens}
+            for (phrase, box, source), tokens in zip(regions, results["layout"].region_tokens)
+        ],
+        "seconds": seconds,
+    }
+    return results["stock"].images[0], image, (image, boxes), details
+
+
+def build(models: ModelCache, model_box: gr.Textbox) -> None:
+    """The tab's inputs, outputs and events (API name ``/layout``)."""
+    with gr.Tab("Layout", id="layout", elem_id="layout-tab"):
+        gr.Markdown(
+            "Layout-guided generation: each phrase's tokens may only be attended to from inside its box "
+            "(region-constrained cross-attention, PrimeComposer's text-only variant). Type a box after a "
+            "phrase, or leave it off and paint the phrase's box on its layer (line k: layer *Region k*)."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle and a blue square")
+                with gr.Row():
+                    negative = gr.Textbox(label="Negative prompt", placeholder="optional", scale=3)
+                    seed = gr.Number(label="Seed", value=0, precision=0, scale=1, min_width=100)
+                regions = gr.Textbox(
+                    label="Regions",
+                    lines=3,
+                    placeholder="a red circle: 0.05, 0.3, 0.45, 0.7\na blue square",
+                    info="One phrase of the prompt per line, then ': x0, y0, x1, y1' as fractions of the "
+                    "image (left, top, right, bottom), or nothing to use the box painted on its layer.",
+                )
+                canvas = gr.ImageEditor(
+                    value={
+                        "background": Image.new("RGB", (CANVAS, CANVAS), "white"),
+                        "layers": [],
+                        "composite": None,
+                    },
+                    label="Boxes",
+                    type="pil",
+                    sources=(),
+                    transforms=(),
+                    layers=gr.LayerOptions(layers=LAYERS, allow_additional_layers=False),
+                    brush=gr.Brush(colors=BRUSH_COLOURS, color_mode="fixed"),
+                    canvas_size=(CANVAS, CANVAS),
+                    height=320,
+                    format="png",
+                )
+                with gr.Row():
+                    steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
+                    guidance = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance")
+                run_button = gr.Button("Generate", variant="primary")
+            with gr.Column(scale=3):
+                with gr.Row():
+                    stock_image = result_image("Stock")
+                    layout_image = result_image("Layout-guided")
+                boxes = gr.AnnotatedImage(
+                    label="Boxes over the layout-guided image", format="png", height=300
+                )
+                with gr.Accordion("Run details", open=False):
+                    details = gr.JSON(label="Run details", show_label=False)
+        gr.Examples(EXAMPLES, inputs=[prompt, regions, seed], label="Examples")
+    run_button.click(
+        partial(generate, models),
+        inputs=[model_box, prompt, negative, regions, canvas, seed, steps, guidance],
+        outputs=[stock_image, layout_image, boxes, details],
+        api_name="layout",
+        concurrency_id=MODEL_QUEUE,
+    )

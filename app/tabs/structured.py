@@ -1,0 +1,176 @@
+"""Structured text-to-image tab: stock and Structured Diffusion Guidance from one seed, with heat maps.
+
+The phrases spaCy finds are shown in an editable box (one per line); whatever the box holds when Generate
+is pressed is what gets encoded, and an empty box means "parse the prompt".
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import gradio as gr
+
+from attnctl import StructuredDiffusionPipeline
+from attnctl.structured import STRUCT_MODES
+
+from ..heatmaps import token_overlays
+from ..models import MODEL_QUEUE, ModelCache
+from ..progress import step_progress
+from ..validation import (
+    phrase_lines,
+    required_text,
+    seeded_generator,
+    user_error,
+    user_errors,
+    whole_number,
+)
+from ..widgets import result_image
+
+EXAMPLES = [  # prompt, phrases (empty: parse), mode, seed
+    ["a red circle and a blue square", "", "values", 0],
+    ["a yellow star to the left of a green triangle", "", "values", 1],
+    [
+        "a small purple square above a large orange circle",
+        "a small purple square\na large orange circle",
+        "keys",
+        2,
+    ],
+]
+
+
+def parse(models: ModelCache, model: str, prompt: str) -> str:
+    """The prompt's phrases as the pipeline would encode them, one per line, for the phrases box."""
+    pipe = models.get(model, StructuredDiffusionPipeline)
+    with user_errors():
+        try:
+            phrases = pipe.parse_phrases(required_text(prompt, "Prompt"))
+        except RuntimeError as err:  # no English spaCy pipeline installed
+            raise user_error(f"{err}; type the phrases yourself, one per line") from None
+    return "\n".join(p.text for p in phrases)
+
+
+def generate(
+    models: ModelCache,
+    model: str,
+    prompt: str,
+    negative: str,
+    phrases: str,
+    mode: str,
+    seed: float,
+    steps: float,
+    guidance: float,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's injection)
+) -> tuple:
+    """Stock and structured images from the same seed, their per-token heat-map galleries, the phrases
+    used and the run details."""
+    prompt = required_text(prompt, "Prompt")
+    steps = whole_number(steps, "Steps", 1, 200)
+    guidance = float(guidance)  # the slider bounds it (Gradio checks API calls too)
+    given = phrase_lines(phrases)
+    seeded_generator(seed)  # check the seed before loading anything
+    pipe = models.get(model, StructuredDiffusionPipeline)
+    if given is not None:
+        with user_errors():
+            pipe.parse_phrases(prompt, given)  # a phrase missing from the prompt fails before any denoising
+    results, seconds = {}, {}
+    for index, (stage, struct_mode) in enumerate((("stock", None), ("structured", mode))):
+        started = time.perf_counter()
+        with user_errors():
+            results[stage] = pipe(
+                prompt,
+                negative_prompt=negative.strip() or None,
+                struct_mode=struct_mode,
+                phrases=given if struct_mode else None,
+                return_attention_maps=True,
+                generator=seeded_generator(seed),
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps),
+            )
+        seconds[stage] = round(time.perf_counter() - started, 3)
+    stock, structured = results["stock"], results["structured"]
+    used = structured.phrases[0]
+    details = {
+        "model": models.resolve(model),
+        "seed": int(seed),
+        "steps": steps,
+        "guidance_scale": guidance,
+        "mode": mode,
+        "phrases": [{"text": p.text, "tokens": [p.token_start, p.token_end]} for p in used],
+        "tokens": structured.attention_maps[0].tokens,
+        "seconds": seconds,
+    }
+    return (
+        stock.images[0],
+        structured.images[0],
+        token_overlays(stock.images[0], stock.attention_maps[0]),
+        token_overlays(structured.images[0], structured.attention_maps[0]),
+        "\n".join(p.text for p in used),
+        details,
+    )
+
+
+def heatmap_gallery(label: str) -> gr.Gallery:
+    """One heat-map overlay per prompt token, captioned with the token."""
+    return gr.Gallery(
+        label=label, columns=3, height="auto", format="png", object_fit="contain", elem_classes="heatmaps"
+    )
+
+
+def build(models: ModelCache, model_box: gr.Textbox) -> None:
+    """The tab's inputs, outputs and events (API names ``/structured`` and ``/parse_phrases``)."""
+    with gr.Tab("Structured text-to-image", id="structured", elem_id="structured-tab"):
+        gr.Markdown(
+            "Noun phrases of the prompt are encoded on their own and fed to every cross-attention layer "
+            "(Feng et al., ICLR 2023). Both images use the same seed; below each, where every prompt token "
+            "attended (cross-attention averaged over layers, heads and steps)."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle and a blue square")
+                negative = gr.Textbox(label="Negative prompt", placeholder="optional")
+                phrases = gr.Textbox(
+                    label="Phrases",
+                    lines=3,
+                    info="Encoded separately, one per line; each must occur in the prompt. "
+                    "Empty: parse the prompt.",
+                )
+                parse_button = gr.Button("Parse phrases from the prompt", size="sm")
+                with gr.Row():
+                    mode = gr.Radio(
+                        list(STRUCT_MODES),
+                        value="values",
+                        label="Mode",
+                        scale=2,
+                        info="values: one key, many values (paper default). keys: many keys, one value.",
+                    )
+                    seed = gr.Number(label="Seed", value=0, precision=0, scale=1, min_width=100)
+                with gr.Row():
+                    steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
+                    guidance = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance")
+                run_button = gr.Button("Generate", variant="primary")
+            with gr.Column(scale=3):
+                with gr.Row():
+                    with gr.Column(min_width=240):
+                        stock_image = result_image("Stock")
+                        stock_maps = heatmap_gallery("Stock: attention per token")
+                    with gr.Column(min_width=240):
+                        structured_image = result_image("Structured")
+                        structured_maps = heatmap_gallery("Structured: attention per token")
+                with gr.Accordion("Run details", open=False):
+                    details = gr.JSON(label="Run details", show_label=False)
+        gr.Examples(EXAMPLES, inputs=[prompt, phrases, mode, seed], label="Examples")
+
+    parse_event = dict(
+        fn=partial(parse, models), inputs=[model_box, prompt], outputs=phrases, concurrency_id=MODEL_QUEUE
+    )
+    parse_button.click(**parse_event, api_name="parse_phrases")
+    prompt.submit(**parse_event, api_visibility="private")
+    run_button.click(
+        partial(generate, models),
+        inputs=[model_box, prompt, negative, phrases, mode, seed, steps, guidance],
+        outputs=[stock_image, structured_image, stock_maps, structured_maps, phrases, details],
+        api_name="structured",
+        concurrency_id=MODEL_QUEUE,
+    )

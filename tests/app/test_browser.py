@@ -1,0 +1,66 @@
+"""The structured tab in a real browser: Debian's chromium driven by Playwright runs it, waits for the two
+images, checks every heat map rendered, and saves the page to docs/images/ui-structured.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags chromium's own connections are refused on a closed network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "ui-structured.png"
+PROMPT = "a red circle and a blue square"
+TOKENS = ["a", "red", "circle", "and", "a (2)", "blue", "square"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"Debian's chromium is not installed at {CHROMIUM} "
+        "(`make browser-deps` or `apt-get install chromium` installs it)",
+    ),
+]
+
+
+def test_structured_tab_generates_and_shows_heat_maps(served_app):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(served_app.local_url)
+            tab = page.locator("#structured-tab")
+            tab.get_by_label("Prompt", exact=True).fill(PROMPT)
+            steps = tab.get_by_label("number input for Steps")
+            steps.fill("3")
+            steps.press("Enter")
+            tab.get_by_role("button", name="Generate", exact=True).click()
+
+            expect(tab.locator(".result img")).to_have_count(2, timeout=120_000)
+            heatmaps = tab.locator(".heatmaps")
+            expect(heatmaps.locator("img")).to_have_count(2 * len(TOKENS), timeout=30_000)
+            for gallery in range(2):
+                for token in TOKENS:
+                    expect(heatmaps.nth(gallery).get_by_text(token, exact=True)).to_be_visible()
+            expect(tab.get_by_label("Phrases")).to_have_value("a red circle\na blue square")
+            rendered = tab.locator(".result img, .heatmaps img").evaluate_all(
+                "images => images.map(image => image.complete && image.naturalWidth > 0)"
+            )
+            assert rendered == [True] * (2 + 2 * len(TOKENS))
+
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
