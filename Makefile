@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test lint bench browser-deps clean
+.PHONY: install demo test lint browser-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,15 @@ demo: install
 lint: install
 	$(PY) -m ruff check .
 
-test: install lint
-	$(PY) -m pytest -q
+# Debian's chromium for the browser test (tests/app/test_browser.py); Playwright drives it, nothing is downloaded.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-bench: install
-	$(PY) benchmarks/run_all.py
+browser-deps:
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+test: install lint browser-deps
+	$(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,4 +1,5 @@
-"""The app served on an ephemeral localhost port with the tiny offline model, and a gradio_client for it."""
+"""The app served on ephemeral localhost ports (tiny offline models; the embedded default model for the
+browser test), and a gradio_client for it."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ def served_app(tiny_sd_path, tiny_wan_path):
         prevent_thread_lock=True,
         quiet=True,
     )
+    yield demo
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def default_model_app():
+    """The app as ``attnctl ui`` starts it: the embedded default model, no video model."""
+    from attnctl.app import launch
+
+    demo = launch(port=free_port(), prevent_thread_lock=True, quiet=True)
     yield demo
     demo.close()
 

@@ -1,5 +1,6 @@
-"""The structured tab in a real browser: Debian's chromium driven by Playwright runs it, waits for the two
-images, checks every heat map rendered, and saves the page to docs/images/ui-structured.png."""
+"""The structured tab in a real browser: Debian's chromium driven by Playwright runs it on the embedded default
+model, waits for the two images, checks every heat map rendered, and saves the page to
+docs/images/ui-structured.png (the README's screenshot)."""
 
 from __future__ import annotations
 
@@ -33,18 +34,18 @@ pytestmark = [
 ]
 
 
-def test_structured_tab_generates_and_shows_heat_maps(served_app):
+def test_structured_tab_generates_and_shows_heat_maps(default_model_app):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(served_app.local_url)
+            page.goto(default_model_app.local_url)
             tab = page.locator("#structured-tab")
             tab.get_by_label("Prompt", exact=True).fill(PROMPT)
             steps = tab.get_by_label("number input for Steps")
-            steps.fill("3")
+            steps.fill("20")
             steps.press("Enter")
             tab.get_by_role("button", name="Generate", exact=True).click()
 
