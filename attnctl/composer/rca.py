@@ -1,0 +1,98 @@
+"""Region-constrained cross-attention (RCA, PrimeComposer Sec. 3.3; reference notes Sec. 4).
+
+Chosen text tokens may only be attended to from query positions inside their region: for a query outside the
+region the token's logit becomes ``-inf`` before the softmax, which renormalises the row over the other tokens
+(``p'_ij = p_ij / (1 - sum_subject p_ij)``). Rows inside the region and every other token are untouched. The
+constraint is a boolean keep-mask fused into SDPA through the core's ``logits_bias`` hook, so the fast kernel keeps
+running; the region is resized to each layer's token grid from ``call.grid`` (non-square grids included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..core import AttentionCall, AttentionControl
+from .geometry import Grid
+
+RowSelector = Callable[[AttentionCall], slice]
+
+
+def all_rows(call: AttentionCall) -> slice:
+    """Every row of the batch (no classifier-free guidance, or a branch run on its own)."""
+    return slice(None)
+
+
+def conditional_half(call: AttentionCall) -> slice:
+    """The second half of a ``[uncond, cond]`` guidance batch, as diffusers' SD pipelines lay it out."""
+    return slice(call.batch_size // 2, None)
+
+
+def call_device(call: AttentionCall) -> torch.device:
+    """The device of the attention module's weights (CPU when the call has no module, as in unit tests)."""
+    parameter = next(call.module.parameters(), None) if call.module is not None else None
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class TokenRegion:
+    """Text tokens (positions in the encoder sequence) and the region they are confined to, per token grid."""
+
+    tokens: tuple[int, ...]
+    region: Callable[[Grid], torch.Tensor]  # grid (gh, gw) -> (gh, gw) bool
+
+
+def rca_keep_mask(regions: Sequence[tuple[Sequence[int], torch.Tensor]], key_len: int) -> torch.Tensor | None:
+    """(queries, keys) keep-mask for flat regions ``(queries,)``: token ``j`` of a region is dropped for the queries
+    outside it. ``None`` when nothing is dropped (an all-ones region, or no tokens), so the call stays stock."""
+    keep = None
+    for tokens, region in regions:
+        tokens = list(tokens)
+        if not tokens or bool(region.all()):
+            continue
+        if keep is None:
+            keep = torch.ones(region.numel(), key_len, dtype=torch.bool)
+        keep[:, tokens] &= region.view(-1, 1)
+    return keep
+
+
+class RegionConstrainedCrossAttention(AttentionControl):
+    """Confine each :class:`TokenRegion`'s tokens to its region in the cross-attention layers.
+
+    Args:
+        regions: the token sets and their regions.
+        rows: which batch rows are constrained (e.g. :func:`conditional_half`; the unconditional rows stay stock).
+        branch: act only while ``controller.branch`` equals this (``None``: always).
+    """
+
+    def __init__(self, regions: Sequence[TokenRegion], rows: RowSelector = all_rows, branch: str | None = None):
+        for region in regions:
+            if any(token < 1 for token in region.tokens):
+                raise ValueError(f"token indices {region.tokens} must be >= 1: position 0 is the start token")
+        self.regions = list(regions)
+        self.rows = rows
+        self.branch = branch
+        self._masks: dict[tuple[Grid, int], torch.Tensor | None] = {}
+
+    def applies_to(self, call: AttentionCall) -> bool:
+        if not call.is_cross or call.grid is None or len(call.grid) != 2:
+            return False
+        return self.branch is None or call.branch == self.branch
+
+    def keep_mask(self, grid: Grid, key_len: int) -> torch.Tensor | None:
+        """(queries, keys) keep-mask on ``grid``, cached per grid and key length."""
+        key = (tuple(grid), key_len)
+        if key not in self._masks:
+            flat = [(r.tokens, r.region(tuple(grid)).reshape(-1)) for r in self.regions]
+            self._masks[key] = rca_keep_mask(flat, key_len)
+        return self._masks[key]
+
+    def logits_bias(self, call: AttentionCall, query_len: int, key_len: int) -> torch.Tensor | None:
+        keep = self.keep_mask(call.grid, key_len)
+        if keep is None:
+            return None
+        mask = torch.ones(call.batch_size, 1, query_len, key_len, dtype=torch.bool, device=call_device(call))
+        mask[self.rows(call)] = keep.to(mask.device)  # (batch, 1, q, k): constrained rows get the keep-mask
+        return mask

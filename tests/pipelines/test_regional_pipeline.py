@@ -1,0 +1,75 @@
+"""RegionalDiffusionPipeline: stock when unconstrained, regions change the result, errors, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from attnctl import RegionalDiffusionPipeline
+from attnctl.composer import box_cells
+
+PROMPT = "a red car next to a blue bird"
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_sd_path):
+    pipeline = RegionalDiffusionPipeline.from_pretrained(tiny_sd_path)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _run(pipeline, **overrides):
+    kwargs = dict(prompt=PROMPT, num_inference_steps=3, height=48, width=64, output_type="np",
+                  generator=torch.Generator().manual_seed(0))
+    kwargs.update(overrides)
+    return pipeline(**kwargs)
+
+
+def test_whole_image_regions_equal_stock_stable_diffusion_exactly(pipe, tiny_sd_path):
+    stock = StableDiffusionPipeline.from_pretrained(tiny_sd_path)
+    stock.set_progress_bar_config(disable=True)
+    expected = _run(stock).images
+    out = _run(pipe, regions=[("red car", (0, 0, 1, 1)), ("blue bird", (0, 0, 1, 1))])
+    assert np.array_equal(out.images, expected)
+    assert np.array_equal(_run(pipe).images, expected)
+
+
+def test_regions_change_the_image_and_are_reported(pipe):
+    plain = _run(pipe).images
+    out = _run(pipe, regions=[("red car", (0.0, 0.2, 0.5, 1.0)), ("blue bird", (0.6, 0.0, 1.0, 0.4))])
+    assert not np.array_equal(out.images, plain)
+    assert out.region_tokens == [[2, 3], [7, 8]]
+    assert [mask.size for mask in out.region_masks] == [(64, 48), (64, 48)]
+    car = np.asarray(out.region_masks[0]) > 0
+    assert car[9:, :32].all() and not car[:, 32:].any() and not car[:9].any()  # rows from floor(0.2 * 48)
+    stored = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    assert stored == {"AttnProcessor2_0"}  # processors restored after the call
+
+
+def test_box_cells_cover_every_overlapped_cell_and_never_vanish():
+    assert box_cells((0.0, 0.0, 0.5, 0.5), (4, 6)).sum() == 2 * 3
+    assert box_cells((0.1, 0.1, 0.12, 0.12), (2, 2)).sum() == 1
+
+
+@pytest.mark.parametrize(
+    ("regions", "message"),
+    [
+        ([("green frog", (0, 0, 1, 1))], "'green frog' does not occur in prompt"),
+        ([("red car", (0.5, 0, 0.5, 1))], r"regions\[0\] box .* is empty or outside the image"),
+        ([("red car", (0, 0, 1.2, 1))], "outside the image"),
+        ([([0, 2], (0, 0, 1, 1))], r"regions\[0\]=\[0, 2\] must be non-empty positions"),
+    ],
+)
+def test_bad_regions_raise(pipe, regions, message):
+    with pytest.raises(ValueError, match=message):
+        _run(pipe, regions=regions)
+
+
+def test_save_load_round_trip(pipe, tmp_path):
+    regions = [("red car", (0.0, 0.2, 0.5, 1.0))]
+    pipe.save_pretrained(tmp_path / "regional")
+    reloaded = RegionalDiffusionPipeline.from_pretrained(tmp_path / "regional")
+    reloaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(_run(reloaded, regions=regions).images, _run(pipe, regions=regions).images)
