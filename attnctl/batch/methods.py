@@ -70,6 +70,30 @@ def _phrases_record(output: Any) -> dict[str, Any]:
     return {"phrases": [{"text": p.text, "tokens": [p.token_start, p.token_end]} for p in output.phrases[0]]}
 
 
+def _regions(kwargs: dict[str, Any], pipe: Any) -> dict[str, Any]:
+    """``phrases`` + pixel ``boxes`` -> ``regions=[(phrase, normalised box), ...]`` for RegionalDiffusionPipeline.
+
+    Boxes are in pixels of the output image (``size``, else the model's default size) and are normalised to
+    [0, 1] as the pipeline takes them.
+    """
+    phrases, boxes = kwargs.pop("phrases", None), kwargs.pop("boxes", None)
+    if phrases is None and boxes is None:
+        return kwargs
+    if phrases is None or boxes is None or len(phrases) != len(boxes):
+        raise ValueError(
+            f"regional: phrases ({0 if phrases is None else len(phrases)}) and boxes "
+            f"({0 if boxes is None else len(boxes)}) must come together, one box per phrase"
+        )
+    default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width, height = kwargs.get("width") or default, kwargs.get("height") or default
+    regions = []
+    for index, (phrase, (x0, y0, x1, y1)) in enumerate(zip(phrases, boxes)):
+        if x1 > width or y1 > height:
+            raise ValueError(f"boxes[{index}]={[x0, y0, x1, y1]} (pixels) reaches outside the {width}x{height} image")
+        regions.append((phrase, (x0 / width, y0 / height, x1 / width, y1 / height)))
+    return {**kwargs, "regions": regions}
+
+
 def _job_value(name: str, value: Any) -> Any:
     """``value`` written as a job line would: sizes as ``"WIDTHxHEIGHT"``, tuples as lists."""
     if name in SIZE_FIELDS:
@@ -90,6 +114,9 @@ class Method:
     converters: Mapping[str, Converter] = field(default_factory=dict)  # job field -> converted arguments
     export_fields: frozenset[str] = frozenset()  # fields used when writing the output (fps)
     record: Callable[[Any], dict[str, Any]] | None = None  # extra manifest fields from the pipeline output
+    # arguments built from several fields at once, with the loaded pipeline at hand: (kwargs, pipe) -> kwargs
+    combine: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
+    combined_arguments: tuple[str, ...] = ()  # the __call__ arguments ``combine`` produces
 
     @property
     def all_arguments(self) -> dict[str, str]:
@@ -124,6 +151,10 @@ class Method:
         parameters = inspect.signature(pipeline_class.__call__).parameters
         passed = {**{a: f for f, a in self.all_arguments.items()}, "generator": "seed"}
         passed.update({a: f for f, c in self.all_converters.items() for a in c.arguments})
+        if self.combine is not None:
+            consumed = {a for a in passed if a not in parameters}
+            passed = {a: f for a, f in passed.items() if a not in consumed}
+            passed.update({a: "combined" for a in self.combined_arguments})
         missing = [f"{argument} (field {name!r})" for argument, name in passed.items() if argument not in parameters]
         if missing:
             raise MethodUnavailable(
@@ -131,7 +162,7 @@ class Method:
                 + "; attnctl's method table and this pipeline disagree (see attnctl/batch/methods.py)"
             )
 
-    def call_kwargs(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+    def call_kwargs(self, fields: Mapping[str, Any], pipe: Any = None) -> dict[str, Any]:
         """The ``__call__`` keyword arguments for one item's fields (the generator is added by the runner)."""
         kwargs: dict[str, Any] = {}
         for name, argument in self.all_arguments.items():
@@ -140,7 +171,7 @@ class Method:
         for name, convert in self.all_converters.items():
             if name in fields:
                 kwargs.update(convert(fields[name]))
-        return kwargs
+        return self.combine(kwargs, pipe) if self.combine is not None else kwargs
 
     def parameters(self, fields: Mapping[str, Any], pipeline_class: type) -> dict[str, Any]:
         """The generation parameters in job-field terms (so they can be pasted back into a job line).
@@ -197,6 +228,8 @@ METHODS: dict[str, Method] = {
             "regional", "attnctl.pipelines.regional", "RegionalDiffusionPipeline", "image",
             "layout-guided text-to-image: each phrase confined to its box (fields: phrases, boxes)",
             arguments={"phrases": "phrases", "boxes": "boxes"},
+            combine=_regions,
+            combined_arguments=("regions",),
         ),
         Method(
             "freeswim", "attnctl.pipelines.freeswim", "FreeSwimPipeline", "video",

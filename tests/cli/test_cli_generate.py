@@ -259,3 +259,17 @@ def test_freeswim_writes_mp4s_in_the_vbench_layout(tmp_path, tiny_wan_path, caps
 
     assert main(["generate", "--method", "freeswim", "--prompt", "a cat", "--out", str(out)]) == 2
     assert "needs a Wan text-to-video checkpoint" in capsys.readouterr().err
+
+
+def test_regional_method_turns_pixel_boxes_into_regions(tmp_path, tiny_sd_path):
+    jobs = _write_jsonl(tmp_path / "layout.jsonl", [
+        {"prompt": "a red car and a blue bench", "phrases": ["a red car", "a blue bench"],
+         "boxes": [[0, 0, 32, 64], [32, 0, 64, 64]], "size": "64x64"},
+        {"prompt": "a red car", "phrases": ["a red car"], "boxes": [[0, 0, 96, 64]]},
+    ])
+    out = tmp_path / "out"
+    result = run_attnctl("generate", "--method", "regional", "--steps", "2", "--model", str(tiny_sd_path),
+                         "--prompts", str(jobs), "--out", str(out))
+    assert result.returncode == 1
+    assert "1 done, 0 skipped, 1 failed" in result.stdout
+    assert "layout.jsonl:2: " in result.stderr and "reaches outside the 64x64 image" in result.stderr
