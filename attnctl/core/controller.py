@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .branch import install_branch_hook
 from .controls import AttentionCall, AttentionControl
 from .layers import LayerInfo
 
@@ -86,7 +87,11 @@ class AttentionController:
     def installed(
         self, model: torch.nn.Module, processor_factory: ProcessorFactory | None = None
     ) -> Iterator[AttentionController]:
-        """Replace every attention processor of ``model`` with a controlled one for the ``with`` body."""
+        """Replace every attention processor of ``model`` with a controlled one for the ``with`` body.
+
+        On models with diffusers' ``cache_context`` (DiTs such as Wan) a :class:`~attnctl.core.branch.BranchHook`
+        also sets ``branch`` from the pipeline's ``cache_context("cond")`` / ``("uncond")`` on every pass.
+        """
         factory = processor_factory or _default_factory
         originals = dict(model.attn_processors)  # set_attn_processor pops from the dict it gets: keep a copy
         modules = dict(model.named_modules())
@@ -100,9 +105,11 @@ class AttentionController:
             self.layers.append(layer)
             processors[name] = factory(self, layer, module)
         handle = model.register_forward_pre_hook(self._pre_forward_hook, with_kwargs=True)
+        remove_branch_hook = install_branch_hook(model, self)
         try:
             model.set_attn_processor(processors)
             yield self
         finally:
+            remove_branch_hook()
             handle.remove()
             model.set_attn_processor(dict(originals))

@@ -58,10 +58,12 @@ def attend(
     value: torch.Tensor,
     attn_mask: torch.Tensor | None = None,
     key_weights: torch.Tensor | None = None,
+    default_kernel: Kernel = sdpa,
 ) -> torch.Tensor:
     """Attention with the controls' logits, probability, kernel and observe hooks applied.
 
-    With no controls (or none that act on this call) this is exactly :func:`sdpa`. ``key`` may hold several
+    With no controls (or none that act on this call) this is exactly ``default_kernel`` (:func:`sdpa` unless the
+    processor runs its model's own attention dispatch, as the Wan processor does). ``key`` may hold several
     key sets (see :class:`~attnctl.core.controls.ContextSets`); the output is their ``key_weights``-weighted
     sum of attention outputs, each with its own softmax.
     """
@@ -79,7 +81,7 @@ def attend(
                 "probabilities; disable one of them on this layer"
             )
         return _attend_materialised(call, controls, query, key_sets, value, mask, key_weights)
-    kernel: Kernel = kernels[0] if kernels else sdpa
+    kernel: Kernel = kernels[0] if kernels else default_kernel
     if key.ndim == 4:
         return kernel(query, key, value, mask)
     out = None

@@ -1,0 +1,164 @@
+"""Inward sliding-window self-attention over a token grid, with interchangeable backends (NATTEN-like API).
+
+``window_attention(q, k, v, grid, window)`` computes, for each query, softmax attention over the keys inside
+its inward window (:mod:`attnctl.core.windows`). Backends:
+
+* ``"reference"``: dense boolean mask + SDPA; O(tokens^2) memory; the oracle every other backend is tested
+  against;
+* ``"tiled"``: dense SDPA blocks over query tiles (:mod:`attnctl.core.window_tiles`); never builds an N x N
+  matrix; the default on CPU;
+* ``"flex"``: ``flex_attention`` with an analytic block mask, compiled when ``torch.compile`` works
+  (:mod:`attnctl.core.window_flex`); the default on GPUs without NATTEN;
+* ``"natten"``: ``natten.na1d/na2d/na3d`` (same border rule); the default where NATTEN has its compiled GPU
+  library and the tensors are on CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .window_flex import flex_window_attention
+from .window_tiles import tiled_window_attention
+from .windows import Window, covers_grid, resolve_window, window_keep_mask
+
+BACKENDS = ("reference", "tiled", "flex", "natten")
+BAND_TILE = 8  # default queries per tile on windowed axes other than the last (axes with a whole-axis window: one tile)
+MIN_QUERY_TILE = 32  # the last axis takes just enough queries per tile to reach this many (measured on CPU)
+
+
+def natten_gpu_available() -> bool:
+    """Whether NATTEN is installed with its compiled CUDA library (``libnatten``) and a GPU is present."""
+    if importlib.util.find_spec("natten") is None or not torch.cuda.is_available():
+        return False
+    from natten._libnatten import HAS_LIBNATTEN
+
+    return bool(HAS_LIBNATTEN)
+
+
+def flex_available() -> bool:
+    """Whether this torch has ``flex_attention`` (it may still fall back to eager if compiling fails)."""
+    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+
+
+def available_backends() -> tuple[str, ...]:
+    """The backends that can run in this environment (``natten`` without its GPU library runs NATTEN's own
+    pure-PyTorch path)."""
+    names = ["reference", "tiled"]
+    if flex_available():
+        names.append("flex")
+    if importlib.util.find_spec("natten") is not None:
+        names.append("natten")
+    return tuple(names)
+
+
+def default_backend(device: torch.device | str) -> str:
+    """``natten`` on CUDA with a NATTEN GPU build, else ``flex`` on CUDA, else ``tiled``."""
+    if torch.device(device).type == "cuda":
+        return "natten" if natten_gpu_available() else "flex"
+    return "tiled"
+
+
+def window_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    grid: Sequence[int],
+    window: Window,
+    *,
+    scale: float | None = None,
+    backend: str | None = None,
+    tile: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Self-attention restricted to inward windows.
+
+    Args:
+        query, key, value: (batch, heads, tokens, head_dim), SDPA's layout (any strides), with
+            ``tokens = prod(grid)`` in raster order, first grid axis slowest.
+        grid: the token grid, 1 to 3 axes, e.g. (frames, height, width).
+        window: window size per axis (``None`` = whole axis); must not exceed the grid (see
+            :func:`attnctl.core.windows.resolve_window` for the fallback to full attention).
+        scale: softmax scale; ``None`` is SDPA's ``1/sqrt(head_dim)``.
+        backend: one of ``BACKENDS``; ``None`` picks :func:`default_backend` for the query's device.
+        tile: queries per tile and axis for the ``tiled`` backend; default :func:`default_tile`.
+
+    Returns:
+        (batch, heads, tokens, head_dim). A window covering the grid gives exactly ``F.scaled_dot_product_attention``.
+    """
+    grid = tuple(int(n) for n in grid)
+    window = resolve_window(grid, window)
+    _check_qkv(query, key, value, grid)
+    backend = backend or default_backend(query.device)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
+    if covers_grid(grid, window):
+        return F.scaled_dot_product_attention(query, key, value, scale=scale)
+    if backend == "reference":
+        mask = window_keep_mask(grid, window).to(query.device)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+    if backend == "tiled":
+        return tiled_window_attention(query, key, value, grid, window, _tile_sizes(grid, window, tile), scale)
+    if backend == "flex":
+        if not flex_available():
+            raise ValueError("backend='flex' needs torch.nn.attention.flex_attention (torch >= 2.5)")
+        return flex_window_attention(query, key, value, grid, window, scale)
+    return _natten_attention(query, key, value, grid, window, scale)
+
+
+def default_tile(grid: Sequence[int], window: Sequence[int]) -> tuple[int, ...]:
+    """``BAND_TILE`` queries on windowed leading axes, the whole of fully-attended ones, and as few on the last
+    axis as make a tile of ``MIN_QUERY_TILE`` queries: small tiles waste little (the key rectangle is
+    ``tile - 1 + window`` per axis) and the last axis costs no key copies (:mod:`attnctl.core.window_tiles`).
+    On 8x32x32 and 8x64x64 grids with 15x15 windows (CPU), (8, 8, 1) beat (8, 4, 1), (8, 6, 1), (8, 4, 2) and
+    (8, 4, 4) by 5-25%.
+    """
+    leading = [n if w >= n else min(BAND_TILE, n) for n, w in zip(grid[:-1], window[:-1])]
+    return (*leading, min(grid[-1], max(1, math.ceil(MIN_QUERY_TILE / math.prod(leading)))))
+
+
+def _tile_sizes(grid: tuple[int, ...], window: tuple[int, ...], tile: Sequence[int] | None) -> tuple[int, ...]:
+    if tile is None:
+        return default_tile(grid, window)
+    tile = tuple(tile)
+    if len(tile) != len(grid) or any(int(t) != t or t < 1 for t in tile):
+        raise ValueError(f"tile={tile} must give one positive integer per grid axis (grid={grid})")
+    return tuple(int(t) for t in tile)
+
+
+def _check_qkv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, grid: tuple[int, ...]) -> None:
+    if query.ndim != 4 or key.shape != query.shape or value.shape != query.shape:
+        raise ValueError(
+            "query, key and value must all be (batch, heads, tokens, head_dim) with equal shapes; got "
+            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    if query.shape[2] != math.prod(grid):
+        raise ValueError(f"query has {query.shape[2]} tokens but grid={grid} holds {math.prod(grid)}")
+
+
+def _natten_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    grid: tuple[int, ...],
+    window: tuple[int, ...],
+    scale: float | None,
+) -> torch.Tensor:
+    """``natten.na{1,2,3}d``; NATTEN's heads-last layout is (batch, *grid, heads, head_dim)."""
+    if importlib.util.find_spec("natten") is None:
+        raise ValueError("backend='natten' needs the natten package (pip install natten)")
+    import natten
+
+    batch, heads, tokens, dim = query.shape
+    operator = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(grid)]
+
+    def heads_last(tensor: torch.Tensor) -> torch.Tensor:
+        # (batch, heads, tokens, dim) -> (batch, *grid, heads, dim)
+        return tensor.transpose(1, 2).reshape(batch, *grid, heads, dim)
+
+    kernel_size = window[0] if len(grid) == 1 else window
+    out = operator(heads_last(query), heads_last(key), heads_last(value), kernel_size=kernel_size, scale=scale)
+    return out.reshape(batch, tokens, heads, dim).transpose(1, 2)  # back to (batch, heads, tokens, dim)

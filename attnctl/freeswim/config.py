@@ -1,0 +1,99 @@
+"""FreeSwim's settings and the small formulas behind them (window from the native size, attention scale).
+
+FreeSwim (Wu et al. 2025, arXiv 2511.14712; released code WillWu111/FreeSwim): at a resolution above the
+model's native one, self-attention sees an inward spatial window as large as the native token grid (all
+frames), a full-attention branch lends its cross-attention output to the window branch, and that
+cross-attention output is cached across steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..core.window_attention import BACKENDS
+
+WAN_PATCH_PIXELS = 16  # Wan: VAE /8 in space, patch (1, 2, 2) -> one token per 16 x 16 pixels
+ENTROPY = "entropy"
+
+
+def native_window(native_grid: tuple[int, int]) -> tuple[int, int]:
+    """Spatial window (rows, cols) for a native token grid (h0, w0): ``(2 * (h0 // 2) + 1, 2 * (w0 // 2) + 1)``.
+
+    The receptive field the model saw in training, made odd so the window is centred (FreeSwim's inward window; the
+    released code uses half-sizes h0 // 2 and w0 // 2, e.g. 31 x 53 tokens for a 30 x 52 grid at 480 x 832).
+    """
+    return tuple(2 * (size // 2) + 1 for size in native_grid)
+
+
+def entropy_scale(native_tokens: int, head_dim: int) -> float:
+    """Softmax scale ``sqrt(log(2 n0) / log(n0) / d)`` for self-attention (FreeSwim, released code).
+
+    Slightly sharper than the stock ``1 / sqrt(d)`` (x1.046 for n0 = 30 * 52 tokens per native frame), the
+    entropy-preserving log-length scaling evaluated at twice the native frame's token count ``n0``.
+    """
+    if native_tokens < 2:
+        raise ValueError(f"native_tokens={native_tokens} must be at least 2 for the entropy scale")
+    return math.sqrt(math.log(2 * native_tokens) / math.log(native_tokens) / head_dim)
+
+
+@dataclass(frozen=True)
+class FreeSwimConfig:
+    """What FreeSwim does to one transformer.
+
+    Args:
+        window: spatial window (rows, cols) in tokens; every query also sees all frames.
+        native_tokens: tokens per frame at the native size, ``n0`` of the entropy scale.
+        attention_scale: self-attention softmax scale: ``"entropy"`` (FreeSwim's, the default), ``None`` (stock
+            ``1/sqrt(head_dim)``) or a positive number.
+        dual_path: run the full-attention branch beside the window branch and let its cross-attention output
+            override the window branch's (FreeSwim's dual path). Off: plain inward-window attention.
+        cache_interval: the full branch runs on every ``cache_interval``-th step of a guided pass and its
+            cross-attention outputs are reused in between (1 = no cache).
+        guide_uncond: also run the dual path on the unconditional pass (the released no-cache variant);
+            by default that pass uses the window branch with its own cross-attention.
+        backend, tile: window-attention kernel options (:func:`attnctl.core.window_attention.window_attention`).
+    """
+
+    window: tuple[int, int]
+    native_tokens: int
+    attention_scale: float | str | None = ENTROPY
+    dual_path: bool = True
+    cache_interval: int = 2
+    guide_uncond: bool = False
+    backend: str | None = None
+    tile: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        window = tuple(self.window)
+        if len(window) != 2 or any(isinstance(w, bool) or int(w) != w or w < 1 for w in window):
+            raise ValueError(f"window={self.window!r} must be two positive integers (rows, cols) in tokens")
+        object.__setattr__(self, "window", tuple(int(w) for w in window))
+        if isinstance(self.cache_interval, bool) or int(self.cache_interval) != self.cache_interval:
+            raise ValueError(f"cache_interval={self.cache_interval!r} must be an integer >= 1")
+        if self.cache_interval < 1:
+            raise ValueError(f"cache_interval={self.cache_interval} must be >= 1 (1 runs the full branch every step)")
+        scale = self.attention_scale
+        if not (scale is None or scale == ENTROPY or (isinstance(scale, (int, float)) and scale > 0)):
+            raise ValueError(f"attention_scale={scale!r} must be 'entropy', None (stock) or a positive number")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r} must be None or one of {BACKENDS}")
+        if self.native_tokens < 2:
+            raise ValueError(f"native_tokens={self.native_tokens} must be at least 2")
+
+    @classmethod
+    def from_native_size(
+        cls, native_height: int, native_width: int, pixels_per_token: int = WAN_PATCH_PIXELS, **options
+    ) -> FreeSwimConfig:
+        """The config for a model whose native resolution is ``native_height`` x ``native_width`` pixels."""
+        for name, value in (("native_height", native_height), ("native_width", native_width)):
+            if value < pixels_per_token or value % pixels_per_token:
+                raise ValueError(f"{name}={value} must be a positive multiple of {pixels_per_token}")
+        grid = (native_height // pixels_per_token, native_width // pixels_per_token)
+        return cls(window=native_window(grid), native_tokens=grid[0] * grid[1], **options)
+
+    def softmax_scale(self, head_dim: int) -> float | None:
+        """The self-attention scale for heads of ``head_dim`` channels (None: SDPA's default)."""
+        if self.attention_scale == ENTROPY:
+            return entropy_scale(self.native_tokens, head_dim)
+        return self.attention_scale

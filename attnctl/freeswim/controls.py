@@ -1,0 +1,166 @@
+"""FreeSwim's run state and its two attention controls (window self-attention, full-branch cross-attention).
+
+Each transformer pass runs in one of three modes, chosen by :meth:`FreeSwimState.begin_pass` before the pass:
+
+* ``"dual"``: the batch holds the window branch in rows ``[:B]`` and the full branch in rows ``[B:]`` (the same
+  latents). Self-attention is windowed on the window rows and full on the full rows (FreeSwim's dual path); the
+  text cross-attention is computed from the full rows only and given to both (the *override*); on a guided
+  branch with caching on, each layer's cross-attention output is stored.
+* ``"cached"``: batch ``B``, window rows only; each cross-attention layer returns the output stored on the last
+  dual pass of the same branch (FreeSwim's cross-attention cache).
+* ``"window"``: batch ``B``, window self-attention and the stock cross-attention (the unconditional pass by
+  default, or everything with the dual path off).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..core.controls import AttentionCall, AttentionControl, Kernel
+from ..core.window_attention import window_attention
+from ..core.windows import covers_grid, resolve_window
+from .config import FreeSwimConfig
+
+DUAL, CACHED, WINDOW = "dual", "cached", "window"
+
+
+class FreeSwimState:
+    """FreeSwim's state on one transformer for one pipeline call: the current pass, the cache, a run log."""
+
+    def __init__(self, config: FreeSwimConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.mode, self.step, self.branch = WINDOW, -1, None
+        self.cache: dict[tuple[str | None, str], torch.Tensor] = {}  # (branch, layer name) -> (B, tokens, dim)
+        self.full_branch_runs: list[tuple[int, str | None, str]] = []  # (step, branch, layer) per full self-attn
+
+    @property
+    def stores_cache(self) -> bool:
+        return self.config.cache_interval > 1
+
+    def begin_pass(self, step: int, branch: str | None) -> str:
+        """Choose and record the mode of the next pass of ``branch`` at denoising ``step`` (0-based).
+
+        A branch is guided when the dual path is on and it is the conditional (or only) pass, or
+        ``guide_uncond`` is set. A guided pass is dual every ``cache_interval`` steps, and whenever its branch
+        has nothing cached yet; otherwise it reuses the cache.
+        """
+        config = self.config
+        guided = config.dual_path and (branch != "uncond" or config.guide_uncond)
+        if not guided:
+            mode = WINDOW
+        elif step % config.cache_interval == 0 or not any(key[0] == branch for key in self.cache):
+            mode = DUAL
+        else:
+            mode = CACHED
+        self.mode, self.step, self.branch = mode, step, branch
+        return mode
+
+    def window_for(self, grid: tuple[int, ...]) -> tuple[int, ...]:
+        """The (frames, rows, cols) window on ``grid``: all frames; axes smaller than the window are full."""
+        return resolve_window(grid, (None, *self.config.window), allow_full=True)
+
+    def check_branch(self, call: AttentionCall) -> None:
+        """The pass must run in the cache context of the branch it was planned for (caches are per branch)."""
+        if call.branch != self.branch:
+            raise RuntimeError(
+                f"FreeSwim planned a {self.branch!r} pass but layer {call.layer.name} runs in branch "
+                f"{call.branch!r}; wrap the transformer call in transformer.cache_context({self.branch!r})"
+            )
+
+
+def _half(call: AttentionCall) -> int:
+    if call.batch_size % 2:
+        raise ValueError(
+            f"a dual FreeSwim pass needs window rows and full rows stacked (even batch); got {call.batch_size}"
+        )
+    return call.batch_size // 2
+
+
+class WindowSelfAttention(AttentionControl):
+    """Self-attention with inward windows (window rows) and full attention (full rows), FreeSwim's scale."""
+
+    def __init__(self, state: FreeSwimState) -> None:
+        self.state = state
+
+    def applies_to(self, call: AttentionCall) -> bool:
+        return not call.is_cross and call.grid is not None
+
+    def reset(self) -> None:
+        self.state.reset()
+
+    def kernel(self, call: AttentionCall) -> Kernel | None:
+        state, config = self.state, self.state.config
+        window = state.window_for(call.grid)
+        dual = state.mode == DUAL
+        if not dual and covers_grid(call.grid, window) and config.attention_scale is None:
+            return None  # stock attention, bit for bit
+        if dual:
+            state.check_branch(call)
+        half = _half(call) if dual else call.batch_size
+
+        def attend_windows(query, key, value, attn_mask):
+            if attn_mask is not None:
+                raise ValueError(f"layer {call.layer.name}: FreeSwim's window kernel takes no attention mask")
+            scale = config.softmax_scale(query.shape[-1])
+            windowed = window_attention(
+                query[:half], key[:half], value[:half], call.grid, window,
+                scale=scale, backend=config.backend, tile=config.tile,
+            )
+            if not dual:
+                return windowed
+            state.full_branch_runs.append((state.step, call.branch, call.layer.name))
+            full = F.scaled_dot_product_attention(query[half:], key[half:], value[half:], scale=scale)
+            return torch.cat([windowed, full])
+
+        return attend_windows
+
+
+class FullBranchCrossAttention(AttentionControl):
+    """Cross-attention override (dual passes) and cache (stored on dual passes, replayed on cached passes)."""
+
+    def __init__(self, state: FreeSwimState) -> None:
+        self.state = state
+
+    def applies_to(self, call: AttentionCall) -> bool:
+        return call.is_cross
+
+    def reset(self) -> None:
+        self.state.reset()
+
+    def cached_output(self, call: AttentionCall) -> torch.Tensor | None:
+        if self.state.mode != CACHED:
+            return None
+        self.state.check_branch(call)
+        stored = self.state.cache.get((call.branch, call.layer.name))
+        if stored is None or stored.shape[0] != call.batch_size:
+            raise RuntimeError(f"no cached cross-attention of batch {call.batch_size} for layer {call.layer.name}")
+        return stored
+
+    def kernel(self, call: AttentionCall) -> Kernel | None:
+        if self.state.mode != DUAL:
+            return None
+        self.state.check_branch(call)
+        half = _half(call)
+
+        def full_rows_for_both(query, key, value, attn_mask):
+            if attn_mask is not None:
+                raise ValueError(f"layer {call.layer.name}: FreeSwim's cross-attention override takes no mask")
+            full = F.scaled_dot_product_attention(query[half:], key[half:], value[half:])
+            return torch.cat([full, full])
+
+        return full_rows_for_both
+
+    def edit_output(self, call: AttentionCall, output: torch.Tensor) -> torch.Tensor:
+        if self.state.mode == DUAL and self.state.stores_cache:
+            # keep the full rows only, detached from the (2B, tokens, dim) output
+            self.state.cache[(call.branch, call.layer.name)] = output[_half(call) :].clone()
+        return output
+
+
+def freeswim_controls(state: FreeSwimState) -> list[AttentionControl]:
+    """The controls that implement FreeSwim on one transformer, sharing ``state``."""
+    return [WindowSelfAttention(state), FullBranchCrossAttention(state)]

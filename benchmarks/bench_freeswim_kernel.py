@@ -1,0 +1,166 @@
+"""Time and peak memory of inward-window attention vs full, masked and flex attention, side by side in one run.
+
+Cases (issue #3): token grids frames x height x width = 8x32x32, 8x64x64 (and 8x96x96), window 8x15x15 (all
+frames, 15 x 15 tokens), batch 1, 2 heads, head dim 64, float32, on CPU. Methods:
+
+* ``window``: ``window_attention(..., backend="tiled")``, the default CPU kernel;
+* ``full``: ``F.scaled_dot_product_attention`` without a mask (what the window replaces);
+* ``masked``: SDPA with the dense (N x N) boolean inward-window mask (the naive exact method);
+* ``flex``: ``flex_attention`` compiled by Inductor with the analytic block mask (compile time reported apart).
+
+Every (method, grid) case runs in a fresh child process so that its peak resident memory is its own: the
+kernel's high-water mark (VmHWM, reset after a warm-up call) above the resident size with inputs in place.
+Time is the best (and median) of ``--repeats`` calls after the warm-up; CPU time (all threads) is reported too,
+as it is steadier than wall time on a machine shared with other jobs. Children run with
+``OMP_WAIT_POLICY=PASSIVE`` so waiting OpenMP threads sleep instead of spinning.
+
+    nice -n 10 python benchmarks/bench_freeswim_kernel.py [--grids 8x32x32 8x64x64 8x96x96] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WINDOW = (8, 15, 15)
+METHODS = ("window", "full", "masked", "flex")
+MASK_BUDGET_GIB = 8.0  # the masked method needs N^2 bytes for its mask and SDPA a float copy (4 N^2 more)
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def run_case(method: str, grid: tuple[int, int, int], repeats: int) -> dict:
+    """Child process: time one method on one grid and measure its peak memory above the inputs."""
+    import torch
+    import torch.nn.functional as F
+
+    from attnctl.core.window_attention import window_attention
+    from attnctl.core.window_flex import flex_compile_error, window_block_mask
+    from attnctl.core.windows import window_keep_mask
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (1, 2, math.prod(grid), 64)
+    query, key, value = (torch.randn(shape, generator=generator) for _ in range(3))
+    setup = 0.0
+    if method == "window":
+        def call():
+            return window_attention(query, key, value, grid, WINDOW, backend="tiled")
+    elif method == "full":
+        def call():
+            return F.scaled_dot_product_attention(query, key, value)
+    elif method == "masked":
+        start = time.perf_counter()
+        mask = window_keep_mask(grid, WINDOW)
+        setup = time.perf_counter() - start
+
+        def call():
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    else:
+        start = time.perf_counter()
+        window_block_mask(grid, WINDOW, "cpu")
+        setup = time.perf_counter() - start
+
+        def call():
+            return window_attention(query, key, value, grid, WINDOW, backend="flex")
+
+    start = time.perf_counter()
+    call()  # warm-up: plan, caches, and for flex the Inductor compilation
+    warmup = time.perf_counter() - start
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
+    before = _rss_kib("VmRSS")
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        call()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    result = {
+        "best_ms": min(walls) * 1e3,
+        "median_ms": statistics.median(walls) * 1e3,
+        "cpu_ms": min(cpus) * 1e3,
+        "peak_mib": (_rss_kib("VmHWM") - before) / 1024,
+        "warmup_s": warmup,
+        "setup_s": setup,
+    }
+    if method == "flex" and flex_compile_error():
+        result["note"] = "compile failed, eager"
+    return result
+
+
+def child(method: str, grid: tuple[int, int, int], repeats: int, threads: int) -> dict:
+    env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads)}
+    args = [sys.executable, __file__, "--child", method, "x".join(map(str, grid)), "--repeats", str(repeats)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def parse_grid(text: str) -> tuple[int, int, int]:
+    return tuple(int(part) for part in text.split("x"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grids", nargs="+", default=["8x32x32", "8x64x64", "8x96x96"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--flex-max-tokens", type=int, default=32768, help="skip flex above this (compile time)")
+    parser.add_argument("--full-max-tokens", type=int, default=73728)
+    parser.add_argument("--child", nargs=2, metavar=("METHOD", "GRID"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_case(args.child[0], parse_grid(args.child[1]), args.repeats)))
+        return
+
+    import torch
+
+    print(f"# FreeSwim window-attention kernel, window {'x'.join(map(str, WINDOW))}, batch 1, 2 heads, head dim 64")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+    print("| grid | tokens | method | best ms | median ms | CPU ms | peak MiB | vs full (wall) | vs full (CPU) | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for text in args.grids:
+        grid = parse_grid(text)
+        tokens = math.prod(grid)
+        results = {}
+        for method in args.methods:
+            if method == "masked" and tokens**2 * 5 / 2**30 > MASK_BUDGET_GIB:
+                results[method] = {"skip": f"mask needs {tokens**2 / 2**30:.1f} GiB"}
+            elif method == "flex" and tokens > args.flex_max_tokens:
+                results[method] = {"skip": "compile time"}
+            elif method == "full" and tokens > args.full_max_tokens:
+                results[method] = {"skip": "time"}
+            else:
+                results[method] = child(method, grid, args.repeats, args.threads)
+        full = results.get("full", {})
+        for method, result in results.items():
+            if "best_ms" not in result:
+                print(f"| {text} | {tokens} | {method} | {result.get('skip') or result.get('error')} | | | | | | |")
+                continue
+            wall = f"{full['best_ms'] / result['best_ms']:.2f}x" if "best_ms" in full else ""
+            cpu = f"{full['cpu_ms'] / result['cpu_ms']:.2f}x" if "cpu_ms" in full else ""
+            note = f" ({result['note']})" if "note" in result else ""
+            print(
+                f"| {text} | {tokens} | {method}{note} | {result['best_ms']:.1f} | {result['median_ms']:.1f} | "
+                f"{result['cpu_ms']:.1f} | {result['peak_mib']:.1f} | {wall} | {cpu} | {result['warmup_s']:.1f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""FreeSwim's settings: the window from the native size, the entropy-aware scale, validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from attnctl.freeswim import FreeSwimConfig, entropy_scale, native_window
+
+
+def test_native_window_is_odd_and_covers_the_native_grid():
+    assert native_window((30, 52)) == (31, 53)  # 480 x 832: the released code's 15 and 26 half-sizes
+    assert native_window((45, 80)) == (45, 81)  # 720 x 1280
+    config = FreeSwimConfig.from_native_size(480, 832)
+    assert config.window == (31, 53) and config.native_tokens == 1560
+
+
+def test_entropy_scale_matches_the_released_value():
+    assert entropy_scale(1560, 128) == pytest.approx(0.09246, abs=1e-5)
+    assert entropy_scale(1560, 128) / 128**-0.5 == pytest.approx(1.0461, abs=1e-4)
+    config = FreeSwimConfig(window=(3, 3), native_tokens=1560)
+    assert config.softmax_scale(128) == entropy_scale(1560, 128)
+    assert FreeSwimConfig(window=(3, 3), native_tokens=9, attention_scale=None).softmax_scale(64) is None
+    assert FreeSwimConfig(window=(3, 3), native_tokens=9, attention_scale=0.2).softmax_scale(64) == 0.2
+    assert math.isclose(entropy_scale(2, 1), math.sqrt(math.log(4) / math.log(2)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(window=(3,)), r"window=\(3,\) must be two positive integers"),
+        (dict(window=(0, 3)), "window=.* must be two positive integers"),
+        (dict(cache_interval=0), "cache_interval=0 must be >= 1"),
+        (dict(cache_interval=True), "cache_interval=True must be an integer"),
+        (dict(attention_scale=-1.0), "attention_scale=-1.0"),
+        (dict(backend="gpu"), "backend='gpu' must be None or one of"),
+        (dict(native_tokens=1), "native_tokens=1 must be at least 2"),
+    ],
+)
+def test_bad_settings_raise_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FreeSwimConfig(**(dict(window=(3, 3), native_tokens=9) | kwargs))
+
+
+def test_native_size_must_be_whole_tokens():
+    with pytest.raises(ValueError, match="native_height=470 must be a positive multiple of 16"):
+        FreeSwimConfig.from_native_size(470, 832)

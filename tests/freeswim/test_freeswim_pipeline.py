@@ -1,0 +1,153 @@
+"""FreeSwimPipeline end to end on a tiny Wan built from configs: both stages, v2v, save/load, export, errors."""
+
+from __future__ import annotations
+
+import json
+
+import imageio
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import WanPipeline
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+from diffusers.utils import export_to_video
+
+from attnctl import FreeSwimPipeline, FreeSwimPipelineOutput
+from attnctl.models.tiny_wan import build_tiny_wan_components, build_tiny_wan_transformer
+
+SMALL = dict(
+    prompt="a cat walking on the beach",
+    negative_prompt="blurry",
+    height=96,
+    width=112,
+    native_height=48,
+    native_width=64,
+    num_frames=5,
+    num_inference_steps=3,
+    max_sequence_length=16,
+)
+
+
+def generate(pipe, seed=0, **overrides):
+    return pipe(**(SMALL | {"generator": torch.Generator().manual_seed(seed)} | overrides))
+
+
+def stock_processors(model) -> bool:
+    return all(type(p) is WanAttnProcessor for p in model.attn_processors.values())
+
+
+def test_text_to_video_runs_both_stages(pipe):
+    out = generate(pipe)
+    assert isinstance(out, FreeSwimPipelineOutput)
+    assert out.frames.shape == (1, 5, 96, 112, 3) and out.native_frames.shape == (1, 5, 48, 64, 3)
+    assert np.isfinite(out.frames).all() and 0 <= out.frames.min() and out.frames.max() <= 1
+    state = pipe.freeswim_states["transformer"]
+    assert state.config.window == (3, 5)  # native grid 3 x 4 tokens -> odd window 3 x 5, target grid 6 x 7
+    assert state.full_branch_runs  # the dual path ran
+    assert stock_processors(pipe.transformer)
+
+
+def test_loads_a_stock_wan_checkpoint_and_round_trips_save_pretrained(pipe, tiny_wan_path, tmp_path):
+    assert json.loads((tiny_wan_path / "model_index.json").read_text())["_class_name"] == "WanPipeline"
+    before = generate(pipe, output_type="latent").frames
+    pipe.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == "FreeSwimPipeline"
+    reloaded = FreeSwimPipeline.from_pretrained(tmp_path)
+    reloaded.set_progress_bar_config(disable=True)
+    assert torch.equal(generate(reloaded, output_type="latent").frames, before)
+
+
+def test_video_to_video_upscales_a_user_video_and_exports_mp4(pipe, tmp_path):
+    frames = [PIL.Image.new("RGB", (64, 48), (40 * i, 90, 200 - 30 * i)) for i in range(5)]
+    out = generate(pipe, video=frames, strength=0.6, output_type="pil")
+    assert out.native_frames is None
+    assert len(out.frames[0]) == 5 and out.frames[0][0].size == (112, 96)
+    path = export_to_video(out.frames[0], str(tmp_path / "upscaled.mp4"), fps=8)
+    with imageio.get_reader(path, format="FFMPEG") as reader:
+        decoded = [frame.shape for frame in reader]
+    assert decoded == [(96, 112, 3)] * 5
+
+
+def test_return_tuple_and_latent_output(pipe):
+    frames, native = generate(pipe, output_type="latent", return_dict=False)
+    assert frames.shape == (1, 4, 2, 12, 14)  # latent channels, (5 - 1) / 4 + 1 frames, 96 / 8 x 112 / 8
+    assert native.shape == (1, 5, 3, 48, 64)  # stage 1 as "pt" frames
+
+
+def test_dual_path_off_is_plain_window_attention(pipe):
+    generate(pipe, dual_path=False, cache_interval=2)
+    state = pipe.freeswim_states["transformer"]
+    assert state.full_branch_runs == [] and state.cache == {}
+
+
+def test_callback_sees_every_refinement_step_and_can_replace_latents(pipe):
+    seen = []
+
+    def callback(pipeline, step, timestep, tensors):
+        seen.append(step)
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    out = generate(pipe, callback_on_step_end=callback, output_type="latent", strength=1.0)
+    assert seen == [0, 1, 2] and pipe.num_timesteps == 3
+    assert torch.equal(out.frames, torch.zeros_like(out.frames))
+
+
+def test_processors_are_restored_when_a_step_raises(pipe):
+    def callback(pipeline, step, timestep, tensors):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        generate(pipe, callback_on_step_end=callback)
+    assert stock_processors(pipe.transformer)
+
+
+def test_wan22_gives_each_transformer_its_own_processors_and_cache():
+    components = build_tiny_wan_components(seed=0)
+    pipe = FreeSwimPipeline(**components, transformer_2=build_tiny_wan_transformer(seed=1), boundary_ratio=0.5)
+    pipe.set_progress_bar_config(disable=True)
+    seen = {"transformer": set(), "transformer_2": set()}
+    for name in seen:
+        model = getattr(pipe, name)
+        model.register_forward_pre_hook(lambda module, args, kwargs, name=name: seen[name].add(
+            type(next(iter(module.attn_processors.values()))).__name__), with_kwargs=True)
+    generate(pipe, num_inference_steps=6, strength=1.0, cache_interval=2)
+    assert seen == {"transformer": {"WanAttnProcessor", "ControlledWanAttnProcessor"},
+                    "transformer_2": {"WanAttnProcessor", "ControlledWanAttnProcessor"}}
+    steps = {name: sorted({s for s, _, _ in state.full_branch_runs}) for name, state in pipe.freeswim_states.items()}
+    assert steps["transformer"] and steps["transformer_2"]
+    assert min(steps["transformer_2"]) > max(steps["transformer"])  # high noise first, then low noise
+    assert stock_processors(pipe.transformer) and stock_processors(pipe.transformer_2)
+
+
+def test_stage_one_is_the_stock_wan_pipeline(pipe):
+    out = generate(pipe, output_type="pt")
+    stock = WanPipeline(**pipe.components)
+    stock.set_progress_bar_config(disable=True)
+    native = stock(**{k: v for k, v in SMALL.items() if not k.startswith("native")} | dict(
+        height=48, width=64, generator=torch.Generator().manual_seed(0), output_type="pt")).frames
+    assert torch.equal(out.native_frames, native)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(height=100), r"height=100 must be a positive multiple of 16"),
+        (dict(native_width=40), r"native_width=40 must be a positive multiple of 16"),
+        (dict(height=32), r"height=32 is smaller than native_height=48"),
+        (dict(width=48), r"width=48 is smaller than native_width=64"),
+        (dict(num_frames=6), r"num_frames=6 must be 4k\+1"),
+        (dict(strength=0.0), r"strength=0.0 must be in \(0, 1\]"),
+        (dict(strength=1.5), r"strength=1.5 must be in \(0, 1\]"),
+        (dict(cache_interval=0), r"cache_interval=0 must be >= 1"),
+        (dict(cache_interval=1.5), r"cache_interval=1.5 must be an integer"),
+        (dict(attention_scale="sharp"), r"attention_scale='sharp'"),
+        (dict(window_size=(3,)), r"window_size=\(3,\) must be two positive integers"),
+        (dict(refine_flow_shift=-1.0), r"refine_flow_shift=-1.0 must be positive"),
+        (dict(strength=0.2), r"strength=0.2 with num_inference_steps=3 leaves no refinement step"),
+        (dict(video=[PIL.Image.new("RGB", (64, 48))] * 4), r"video has 4 frames; Wan's VAE needs 4k\+1"),
+    ],
+)
+def test_bad_input_raises_value_errors_naming_the_argument(pipe, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        generate(pipe, **overrides)
