@@ -1,0 +1,139 @@
+"""The blocked causal sliding-window kernel and its reversible install on transformers models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from attnctl.llm.patching import route_attention
+from attnctl.llm.sliding_window import (
+    apply_sliding_window,
+    sliding_window_attention,
+    sliding_window_attention_reference,
+)
+from attnctl.llm.tiny import build_tiny_causal_lm
+
+
+def qkv(q_len, kv_len, heads=4, kv_heads=2, dim=8, dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(2, heads, q_len, dim, generator=generator, dtype=dtype),
+        torch.randn(2, kv_heads, kv_len, dim, generator=generator, dtype=dtype),
+        torch.randn(2, kv_heads, kv_len, dim, generator=generator, dtype=dtype),
+    )
+
+
+@pytest.mark.parametrize(
+    ("q_len", "kv_len", "window", "sinks", "block"),
+    [
+        (37, 37, 5, 0, 8),
+        (37, 37, 5, 3, 8),
+        (64, 64, 16, 4, 16),
+        (33, 33, 1, 0, 8),
+        (33, 33, 3, 40, 5),
+        (1, 40, 6, 3, 64),
+        (10, 50, 7, 4, 4),
+        (20, 20, 100, 2, 7),
+    ],
+)
+def test_kernel_equals_the_dense_masked_reference(q_len, kv_len, window, sinks, block):
+    query, key, value = qkv(q_len, kv_len)
+    fast = sliding_window_attention(query, key, value, window, sinks, block=block)
+    slow = sliding_window_attention_reference(query, key, value, window, sinks)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+
+
+def test_window_covering_the_sequence_is_full_causal_attention():
+    query, key, value = qkv(50, 50, kv_heads=4, dtype=torch.float32)
+    expected = F.scaled_dot_product_attention(query, key, value, is_causal=True)
+    torch.testing.assert_close(
+        sliding_window_attention(query, key, value, 50, block=16), expected, rtol=0, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("boolean", [True, False])
+def test_padding_masks_combine_with_the_window(boolean):
+    query, key, value = qkv(20, 20)
+    keep = torch.ones(2, 1, 20, 20, dtype=torch.bool).tril()
+    keep[0, :, :, :3] = False  # three left-padding tokens in the first sequence
+    mask = keep if boolean else torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, -1e300)
+    fast = sliding_window_attention(query, key, value, 4, 1, attention_mask=mask, block=8)
+    slow = sliding_window_attention_reference(query, key, value, 4, 1, attention_mask=mask)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+
+
+def test_output_keeps_dtype_and_shape():
+    query, key, value = qkv(12, 12, dtype=torch.bfloat16)
+    out = sliding_window_attention(query, key, value, 4, 1, block=5)
+    assert out.dtype == torch.bfloat16 and out.shape == query.shape
+
+
+@pytest.mark.parametrize("kwargs", [{"window": 0}, {"window": 3, "sinks": -1}, {"window": 3, "block": 0}])
+def test_bad_arguments_raise(kwargs):
+    query, key, value = qkv(8, 8)
+    with pytest.raises(ValueError, match="window|sinks|block"):
+        sliding_window_attention(query, key, value, **kwargs)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_covering_window_is_bit_exact_with_the_stock_model(implementation):
+    model = build_tiny_causal_lm("qwen2", attn_implementation=implementation)
+    ids = torch.randint(4, 99, (2, 24), generator=torch.Generator().manual_seed(1))
+    padding = torch.ones(2, 24, dtype=torch.long)
+    padding[0, :4] = 0
+    with torch.no_grad():
+        stock, stock_padded = model(ids).logits, model(ids, attention_mask=padding).logits
+        with apply_sliding_window(model, 24, sinks=2):
+            assert torch.equal(model(ids).logits, stock)
+            assert torch.equal(model(ids, attention_mask=padding).logits, stock_padded)
+    assert model.config._attn_implementation == implementation
+
+
+def test_model_with_window_matches_the_reference_route():
+    model = build_tiny_causal_lm("llama", num_kv_heads=2)
+    ids = torch.randint(4, 99, (2, 40), generator=torch.Generator().manual_seed(2))
+
+    def reference(stock):
+        def attend(module, query, key, value, attention_mask, scaling=None, **kwargs):
+            out = sliding_window_attention_reference(query, key, value, 8, 2, attention_mask, scaling)
+            return out.transpose(1, 2).contiguous(), None
+
+        return attend
+
+    with torch.no_grad():
+        with route_attention(model, {0: reference, 1: reference}):
+            expected = model(ids).logits
+        with apply_sliding_window(model, 8, sinks=2, block=16):
+            windowed = model(ids).logits
+        stock = model(ids).logits
+    torch.testing.assert_close(windowed, expected, rtol=0, atol=1e-5)
+    assert (windowed - stock).abs().max() > 1e-2  # the window does change a 40-token input
+
+
+def test_incremental_decoding_equals_the_full_forward():
+    model = build_tiny_causal_lm("mixtral")
+    ids = torch.randint(4, 99, (2, 30), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), apply_sliding_window(model, 6, sinks=1, block=8):
+        full = model(ids).logits
+        cache = DynamicCache(config=model.config)
+        steps = [model(ids[:, :20], past_key_values=cache, use_cache=True).logits]
+        steps += [
+            model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(20, 30)
+        ]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-5)
+
+
+def test_only_the_chosen_layers_change_and_restore_puts_everything_back():
+    model = build_tiny_causal_lm("llama", num_layers=3)
+    ids = torch.randint(4, 99, (1, 30), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        stock = model(ids).logits
+        patch = apply_sliding_window(model, 4, layers=[2])
+        last_only = model(ids).logits
+        patch.restore()
+        patch.restore()  # idempotent
+        assert torch.equal(model(ids).logits, stock)
+    assert not torch.equal(last_only, stock)
+    assert model.config._attn_implementation == "sdpa"
