@@ -91,18 +91,18 @@ class FreeSwimPipeline(WanPipeline):
                     "video at a larger (or equal) target size; lower the native size or raise the target"
                 )
         temporal = self.vae_scale_factor_temporal
-        if video is None and (isinstance(num_frames, bool) or not isinstance(num_frames, int)
-                              or num_frames < 1 or (num_frames - 1) % temporal):
-            raise ValueError(
-                f"num_frames={num_frames!r} must be {temporal}k+1 for Wan's VAE (e.g. "
-                f"{max(1, (int(num_frames) - 1) // temporal * temporal + 1)} or 81)"
-            )
+        whole = isinstance(num_frames, int) and not isinstance(num_frames, bool)
+        if video is None and (not whole or num_frames < 1 or (num_frames - 1) % temporal):
+            nearest = max(1, (num_frames - 1) // temporal * temporal + 1) if whole else 81
+            raise ValueError(f"num_frames={num_frames!r} must be {temporal}k+1 for Wan's VAE (e.g. {nearest} or 81)")
         if video is not None and latents is not None:
             raise ValueError("pass either video (upscale it) or latents (stage-1 noise), not both")
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise ValueError(f"strength={strength!r} must be in (0, 1] (the original uses 0.7)")
         if window_size is not None and (
-            len(tuple(window_size)) != 2 or any(not isinstance(w, int) or w < 1 for w in window_size)
+            not isinstance(window_size, (tuple, list))
+            or len(window_size) != 2
+            or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in window_size)
         ):
             raise ValueError(f"window_size={window_size!r} must be two positive integers (rows, cols) in tokens")
         if refine_flow_shift is not None:

@@ -75,6 +75,14 @@ def test_return_tuple_and_latent_output(pipe):
     assert native.shape == (1, 5, 3, 48, 64)  # stage 1 as "pt" frames
 
 
+def test_several_prompts_and_videos_per_prompt_stack_their_rows(pipe):
+    out = generate(pipe, prompt=["a cat walking", "a dog running"], negative_prompt=["blurry", "dark"],
+                   num_videos_per_prompt=2, output_type="latent", cache_interval=2, num_inference_steps=4)
+    assert out.frames.shape[0] == 4 and out.native_frames.shape[0] == 4
+    cached = pipe.freeswim_states["transformer"].cache
+    assert cached and all(tensor.shape[0] == 4 for tensor in cached.values())
+
+
 def test_dual_path_off_is_plain_window_attention(pipe):
     generate(pipe, dual_path=False, cache_interval=2)
     state = pipe.freeswim_states["transformer"]
@@ -136,13 +144,15 @@ def test_stage_one_is_the_stock_wan_pipeline(pipe):
         (dict(native_width=40), r"native_width=40 must be a positive multiple of 16"),
         (dict(height=32), r"height=32 is smaller than native_height=48"),
         (dict(width=48), r"width=48 is smaller than native_width=64"),
-        (dict(num_frames=6), r"num_frames=6 must be 4k\+1"),
+        (dict(num_frames=6), r"num_frames=6 must be 4k\+1 for Wan's VAE \(e.g. 5 or 81\)"),
+        (dict(num_frames="9"), r"num_frames='9' must be 4k\+1"),
         (dict(strength=0.0), r"strength=0.0 must be in \(0, 1\]"),
         (dict(strength=1.5), r"strength=1.5 must be in \(0, 1\]"),
         (dict(cache_interval=0), r"cache_interval=0 must be >= 1"),
         (dict(cache_interval=1.5), r"cache_interval=1.5 must be an integer"),
         (dict(attention_scale="sharp"), r"attention_scale='sharp'"),
         (dict(window_size=(3,)), r"window_size=\(3,\) must be two positive integers"),
+        (dict(window_size=5), r"window_size=5 must be two positive integers"),
         (dict(refine_flow_shift=-1.0), r"refine_flow_shift=-1.0 must be positive"),
         (dict(strength=0.2), r"strength=0.2 with num_inference_steps=3 leaves no refinement step"),
         (dict(video=[PIL.Image.new("RGB", (64, 48))] * 4), r"video has 4 frames; Wan's VAE needs 4k\+1"),
