@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny offline Stable Diffusion pipeline, saved once per session, and the slow marker."""
+"""Shared fixtures: the tiny offline SD and Wan pipelines, saved once per session, and the slow marker."""
 
 from __future__ import annotations
 
@@ -22,3 +22,11 @@ def tiny_sd_path(tmp_path_factory):
     from attnctl.models.tiny import save_tiny_sd_pipeline
 
     return save_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_path(tmp_path_factory):
+    """A tiny *stock* ``WanPipeline`` written with ``save_pretrained``, like a Hub checkpoint."""
+    from attnctl.models.tiny_wan import save_tiny_wan_pipeline
+
+    return save_tiny_wan_pipeline(tmp_path_factory.mktemp("tiny-wan"))

@@ -16,14 +16,6 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def tiny_wan_path(tmp_path_factory):
-    """A tiny Wan text-to-video pipeline written with ``save_pretrained``."""
-    from attnctl.models.tiny_wan import save_tiny_wan_pipeline
-
-    return save_tiny_wan_pipeline(tmp_path_factory.mktemp("tiny-wan"))
-
-
-@pytest.fixture(scope="session")
 def served_app(tiny_sd_path, tiny_wan_path):
     """``attnctl.app.launch`` on the tiny models, returning at once; closed after the session."""
     from attnctl.app import launch

@@ -236,13 +236,6 @@ def test_a_model_that_does_not_load_fails_every_item_with_the_reason(tmp_path, c
     assert captured.err.count("could not load --model") == 4  # as each fails, then in the final list
 
 
-@pytest.fixture(scope="module")
-def tiny_wan_path(tmp_path_factory):
-    from attnctl.models.tiny_wan import save_tiny_wan_pipeline
-
-    return save_tiny_wan_pipeline(tmp_path_factory.mktemp("tiny-wan"))
-
-
 def test_freeswim_writes_mp4s_in_the_vbench_layout(tmp_path, tiny_wan_path, capsys):
     import imageio.v3 as iio
 

@@ -18,14 +18,6 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def tiny_wan_path(tmp_path_factory):
-    """A tiny *stock* ``WanPipeline`` written with ``save_pretrained``, like a Hub checkpoint."""
-    from attnctl.models.tiny_wan import save_tiny_wan_pipeline
-
-    return save_tiny_wan_pipeline(tmp_path_factory.mktemp("tiny-wan"))
-
-
 @pytest.fixture
 def pipe(tiny_wan_path):
     from attnctl.pipelines.freeswim import FreeSwimPipeline
