@@ -105,6 +105,12 @@ class FreeSwimPipeline(WanPipeline):
             or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in window_size)
         ):
             raise ValueError(f"window_size={window_size!r} must be two positive integers (rows, cols) in tokens")
+        if window_size is not None and (window_size[0] > height // unit or window_size[1] > width // unit):
+            raise ValueError(
+                f"window_size={tuple(window_size)} is larger than the target token grid "
+                f"({height // unit}, {width // unit}) of {height} x {width} pixels; pass a smaller window, or leave "
+                "window_size=None to derive it from the native size"
+            )
         if refine_flow_shift is not None:
             if "flow_shift" not in self.scheduler.config:
                 raise ValueError(
@@ -163,8 +169,9 @@ class FreeSwimPipeline(WanPipeline):
                 ``WanVideoToVideoPipeline`` takes them; 4k+1 frames); stage 1 is skipped.
             native_height, native_width: the model's training resolution (480 x 832 for Wan2.1-1.3B, 720 x 1280
                 for 14B); stage 1 runs at it and it sets the window.
-            window_size: spatial window (rows, cols) in tokens; default from the native size,
-                ``(2 * (h0 // 2) + 1, 2 * (w0 // 2) + 1)`` for a native grid of h0 x w0 tokens.
+            window_size: spatial window (rows, cols) in tokens, at most the target token grid; default from the
+                native size, ``(2 * (h0 // 2) + 1, 2 * (w0 // 2) + 1)`` for a native grid of h0 x w0 tokens (full
+                attention along an axis it exceeds).
             strength: how far stage 2 re-noises the upscaled video, in (0, 1] (original: 0.7).
             cache_interval: the full branch runs every ``cache_interval`` steps of the conditional pass and its
                 cross-attention outputs are reused in between (1 = uncached; original default 2, 5 faster).
@@ -198,6 +205,7 @@ class FreeSwimPipeline(WanPipeline):
             dual_path=dual_path,
             cache_interval=cache_interval,
             guide_uncond=guide_uncond,
+            allow_full=window_size is None,  # the odd native window may pass an even native-size axis by one
         )
         if self.config.boundary_ratio is not None and guidance_scale_2 is None:
             guidance_scale_2 = guidance_scale

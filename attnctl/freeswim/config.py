@@ -53,6 +53,8 @@ class FreeSwimConfig:
         guide_uncond: also run the dual path on the unconditional pass (the released no-cache variant);
             by default that pass uses the window branch with its own cross-attention.
         backend, tile: window-attention kernel options (:func:`attnctl.core.window_attention.window_attention`).
+        allow_full: a window larger than the token grid along an axis means full attention along it; without
+            it that is a ``ValueError`` (the window was probably meant for a larger video).
     """
 
     window: tuple[int, int]
@@ -63,6 +65,7 @@ class FreeSwimConfig:
     guide_uncond: bool = False
     backend: str | None = None
     tile: tuple[int, int, int] | None = None
+    allow_full: bool = False
 
     def __post_init__(self) -> None:
         window = tuple(self.window)
@@ -85,11 +88,16 @@ class FreeSwimConfig:
     def from_native_size(
         cls, native_height: int, native_width: int, pixels_per_token: int = WAN_PATCH_PIXELS, **options
     ) -> FreeSwimConfig:
-        """The config for a model whose native resolution is ``native_height`` x ``native_width`` pixels."""
+        """The config for a model whose native resolution is ``native_height`` x ``native_width`` pixels.
+
+        The window is :func:`native_window` and ``allow_full`` defaults to True: made odd, the window is one token
+        wider than an even native axis, and on a target no larger than native along that axis it is full attention.
+        """
         for name, value in (("native_height", native_height), ("native_width", native_width)):
             if value < pixels_per_token or value % pixels_per_token:
                 raise ValueError(f"{name}={value} must be a positive multiple of {pixels_per_token}")
         grid = (native_height // pixels_per_token, native_width // pixels_per_token)
+        options.setdefault("allow_full", True)
         return cls(window=native_window(grid), native_tokens=grid[0] * grid[1], **options)
 
     def softmax_scale(self, head_dim: int) -> float | None:

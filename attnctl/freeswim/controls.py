@@ -60,8 +60,9 @@ class FreeSwimState:
         return mode
 
     def window_for(self, grid: tuple[int, ...]) -> tuple[int, ...]:
-        """The (frames, rows, cols) window on ``grid``: all frames; axes smaller than the window are full."""
-        return resolve_window(grid, (None, *self.config.window), allow_full=True)
+        """The (frames, rows, cols) window on ``grid``: all frames; an axis smaller than the window is full attention
+        with ``config.allow_full``, else a ``ValueError``."""
+        return resolve_window(grid, (None, *self.config.window), allow_full=self.config.allow_full)
 
     def check_branch(self, call: AttentionCall) -> None:
         """The pass must run in the cache context of the branch it was planned for (caches are per branch)."""

@@ -48,7 +48,10 @@ def uncached_reference(pipe, steps, seed=0):
     noise = randn_tensor(clean.shape, generator=torch.Generator().manual_seed(seed))
     latents = scheduler.add_noise(clean, noise, timesteps[:1])
     grid = (NATIVE // 16, NATIVE // 16)
-    state = FreeSwimState(FreeSwimConfig(window=native_window(grid), native_tokens=grid[0] * grid[1], cache_interval=1))
+    config = FreeSwimConfig(
+        window=native_window(grid), native_tokens=grid[0] * grid[1], cache_interval=1, allow_full=True
+    )
+    state = FreeSwimState(config)
     with AttentionController(freeswim_controls(state)).installed(model, processor_factory=wan_processor_factory(model)):
         for step, t in enumerate(timesteps):
             assert state.begin_pass(step, "cond") == DUAL

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from attnctl.freeswim import FreeSwimConfig, entropy_scale, native_window
+from attnctl.freeswim import FreeSwimConfig, FreeSwimState, entropy_scale, native_window
 
 
 def test_native_window_is_odd_and_covers_the_native_grid():
@@ -46,3 +46,13 @@ def test_bad_settings_raise_value_errors(kwargs, message):
 def test_native_size_must_be_whole_tokens():
     with pytest.raises(ValueError, match="native_height=470 must be a positive multiple of 16"):
         FreeSwimConfig.from_native_size(470, 832)
+
+
+def test_window_larger_than_the_grid_is_an_error_unless_full_attention_is_allowed():
+    grid = (2, 3, 4)
+    with pytest.raises(ValueError, match=r"window\[1\]=5 is larger than grid\[1\]=3"):
+        FreeSwimState(FreeSwimConfig(window=(5, 3), native_tokens=9)).window_for(grid)
+    assert FreeSwimState(FreeSwimConfig(window=(5, 3), native_tokens=9, allow_full=True)).window_for(grid) == (2, 3, 3)
+    native = FreeSwimConfig.from_native_size(48, 64)  # grid 3 x 4 -> window 3 x 5, one wider than the native grid
+    assert native.allow_full and FreeSwimState(native).window_for((2, 3, 4)) == (2, 3, 4)
+    assert not FreeSwimConfig.from_native_size(48, 64, allow_full=False).allow_full

@@ -66,7 +66,7 @@ def test_covering_window_with_stock_scale_gives_the_vanilla_model_on_both_rows()
     model = build_tiny_wan_transformer().eval()
     latents, text = latents_and_text()
     vanilla = stock(model, latents, text)
-    state = FreeSwimState(FreeSwimConfig(window=(7, 9), native_tokens=42, attention_scale=None))
+    state = FreeSwimState(FreeSwimConfig(window=(7, 9), native_tokens=42, attention_scale=None, allow_full=True))
     with installed(model, state):
         out = freeswim_pass(model, state, 0, "cond", latents, text)
     torch.testing.assert_close(out, vanilla.expand(2, *vanilla.shape[1:]), atol=1e-6, rtol=0)

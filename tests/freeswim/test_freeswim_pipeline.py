@@ -69,6 +69,12 @@ def test_video_to_video_upscales_a_user_video_and_exports_mp4(pipe, tmp_path):
     assert decoded == [(96, 112, 3)] * 5
 
 
+def test_target_at_the_native_size_runs_with_the_odd_native_window_as_full_attention(pipe):
+    out = generate(pipe, height=48, width=64)  # grid 3 x 4, window 3 x 5: full attention along the columns
+    assert out.frames.shape == (1, 5, 48, 64, 3) and np.isfinite(out.frames).all()
+    assert pipe.freeswim_states["transformer"].config.allow_full
+
+
 def test_return_tuple_and_latent_output(pipe):
     frames, native = generate(pipe, output_type="latent", return_dict=False)
     assert frames.shape == (1, 4, 2, 12, 14)  # latent channels, (5 - 1) / 4 + 1 frames, 96 / 8 x 112 / 8
@@ -153,6 +159,7 @@ def test_stage_one_is_the_stock_wan_pipeline(pipe):
         (dict(attention_scale="sharp"), r"attention_scale='sharp'"),
         (dict(window_size=(3,)), r"window_size=\(3,\) must be two positive integers"),
         (dict(window_size=5), r"window_size=5 must be two positive integers"),
+        (dict(window_size=(7, 5)), r"window_size=\(7, 5\) is larger than the target token grid \(6, 7\)"),
         (dict(refine_flow_shift=-1.0), r"refine_flow_shift=-1.0 must be positive"),
         (dict(strength=0.2), r"strength=0.2 with num_inference_steps=3 leaves no refinement step"),
         (dict(video=[PIL.Image.new("RGB", (64, 48))] * 4), r"video has 4 frames; Wan's VAE needs 4k\+1"),

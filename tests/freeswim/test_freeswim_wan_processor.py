@@ -46,7 +46,7 @@ def test_freeswim_with_a_covering_window_and_stock_scale_is_the_stock_transforme
     kwargs = inputs(image)
     with torch.no_grad():
         stock = model(**kwargs)[0]
-    config = FreeSwimConfig(window=(9, 11), native_tokens=20, attention_scale=None, dual_path=False)
+    config = FreeSwimConfig(window=(9, 11), native_tokens=20, attention_scale=None, dual_path=False, allow_full=True)
     assert torch.equal(run(model, freeswim_controls(FreeSwimState(config)), **kwargs), stock)
 
 
