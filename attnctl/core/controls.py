@@ -74,6 +74,7 @@ class ContextSets:
     key_weights: torch.Tensor
     values: torch.Tensor
     value_weights: torch.Tensor
+    _mean_value: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("keys", "values"):
@@ -90,8 +91,13 @@ class ContextSets:
         return cls(context[None], ones, context[None], ones)
 
     def mean_value_context(self) -> torch.Tensor:
-        """(batch, tokens, dim): the weighted mean of the value sets, the input of one value projection."""
-        return torch.einsum("sbld,sb->bld", self.values, self.value_weights.to(self.values.dtype))
+        """(batch, tokens, dim): the weighted mean of the value sets, the input of one value projection.
+
+        Computed once per instance: every cross-attention layer of a call gets the same sets.
+        """
+        if self._mean_value is None:
+            self._mean_value = torch.einsum("sbld,sb->bld", self.values, self.value_weights.to(self.values.dtype))
+        return self._mean_value
 
 
 class AttentionControl:
