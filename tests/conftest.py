@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
+
+# The suite runs tiny models, far below the size where intra-op threads pay off; on a shared 2-core machine two
+# threads made them an order of magnitude slower, so every test runs on one (the CLI's subprocesses do the same).
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from cli_helpers import manifest, output_files, pixels
 
 from attnctl.cli import main
@@ -46,11 +45,6 @@ def test_accelerate_launch_two_processes_make_each_item_exactly_once(tmp_path, t
     assert sorted(r["process"] for r in records) == [0, 0, 0, 1, 1, 1]
     assert not list((out / ".attnctl").glob("*.jsonl"))  # journals merged away
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main([*args, "--out", str(tmp_path / "one")]) == 0  # the same run on one process
-    finally:
-        torch.set_num_threads(threads)
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0  # the same run on one process (one thread, as they)
     for record in records:  # pixels do not depend on which process made an item
         assert (pixels(out / record["path"]) == pixels(tmp_path / "one" / record["path"])).all()

@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-import torch
 from cli_helpers import manifest, output_files, pixels, run_attnctl
 
 from attnctl import __version__
@@ -16,15 +15,6 @@ from attnctl.batch.runner import CRASH_AFTER_ENV, CRASH_EXIT_CODE
 from attnctl.cli import main
 
 FAST = ("--method", "plain", "--steps", "2")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs on one thread, like the subprocesses: tiny models lose more to contention than they gain."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _write_jsonl(path, rows):

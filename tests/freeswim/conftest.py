@@ -1,21 +1,8 @@
-"""FreeSwim fixtures: a tiny stock Wan checkpoint saved once per session, and single-threaded torch.
-
-The tiny tensors here are far below what intra-op threads pay off for; on a shared 2-core machine two threads
-make the tests an order of magnitude slower, so every FreeSwim test runs on one thread (restored after).
-"""
+"""FreeSwim fixtures: a FreeSwimPipeline loaded from the session's tiny stock Wan checkpoint."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
