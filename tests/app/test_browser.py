@@ -1,9 +1,11 @@
 """The structured tab in a real browser: Debian's chromium driven by Playwright runs it on the embedded default
-model, waits for the two images, checks every heat map rendered, and saves the page to
-docs/images/ui-structured.png (the README's screenshot)."""
+model, waits for the two images and checks every heat map rendered. With ATTNCTL_UPDATE_SCREENSHOT=1 it also saves
+the page as docs/images/ui-structured.png (the README's screenshot); otherwise the screenshot stays in tmp_path, so
+a test run never changes the working tree."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,7 @@ pytestmark = [
 ]
 
 
-def test_structured_tab_generates_and_shows_heat_maps(default_model_app):
+def test_structured_tab_generates_and_shows_heat_maps(default_model_app, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
@@ -61,7 +63,9 @@ def test_structured_tab_generates_and_shows_heat_maps(default_model_app):
             )
             assert rendered == [True] * (2 + 2 * len(TOKENS))
 
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            update = os.environ.get("ATTNCTL_UPDATE_SCREENSHOT") == "1"
+            screenshot = SCREENSHOT if update else tmp_path / SCREENSHOT.name
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         finally:
             browser.close()
