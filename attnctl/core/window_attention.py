@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .lse import attention_with_lse
 from .window_flex import flex_window_attention
 from .window_tiles import tiled_window_attention
 from .windows import Window, covers_grid, resolve_window, window_keep_mask
@@ -56,10 +57,11 @@ def available_backends() -> tuple[str, ...]:
     return tuple(names)
 
 
-def default_backend(device: torch.device | str) -> str:
-    """``natten`` on CUDA with a NATTEN GPU build, else ``flex`` on CUDA, else ``tiled``."""
+def default_backend(device: torch.device | str, return_lse: bool = False) -> str:
+    """``natten`` on CUDA with a NATTEN GPU build (unless the log-sum-exp is wanted), else ``flex`` on CUDA, else
+    ``tiled``."""
     if torch.device(device).type == "cuda":
-        return "natten" if natten_gpu_available() else "flex"
+        return "natten" if natten_gpu_available() and not return_lse else "flex"
     return "tiled"
 
 
@@ -73,7 +75,8 @@ def window_attention(
     scale: float | None = None,
     backend: str | None = None,
     tile: Sequence[int] | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Self-attention restricted to inward windows.
 
     Args:
@@ -85,27 +88,33 @@ def window_attention(
         scale: softmax scale; ``None`` is SDPA's ``1/sqrt(head_dim)``.
         backend: one of ``BACKENDS``; ``None`` picks :func:`default_backend` for the query's device.
         tile: queries per tile and axis for the ``tiled`` backend; default :func:`default_tile`.
+        return_lse: also return each query's log-sum-exp over its window (not with ``natten``), to merge in
+            more keys exactly with :func:`attnctl.core.lse.merge_attention`.
 
     Returns:
-        (batch, heads, tokens, head_dim). A window covering the grid gives exactly ``F.scaled_dot_product_attention``.
+        (batch, heads, tokens, head_dim), and with ``return_lse`` the (batch, heads, tokens) float32 log-sum-exp.
+        A window covering the grid gives exactly ``F.scaled_dot_product_attention``.
     """
     grid = tuple(int(n) for n in grid)
     window = resolve_window(grid, window)
     _check_qkv(query, key, value, grid)
-    backend = backend or default_backend(query.device)
+    backend = backend or default_backend(query.device, return_lse)
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
-    if covers_grid(grid, window):
-        return F.scaled_dot_product_attention(query, key, value, scale=scale)
-    if backend == "reference":
-        mask = window_keep_mask(grid, window).to(query.device)
+    if return_lse and backend == "natten":
+        raise ValueError("return_lse=True is not available with backend='natten'; use 'flex' or 'tiled'")
+    if covers_grid(grid, window) or backend == "reference":
+        mask = None if covers_grid(grid, window) else window_keep_mask(grid, window).to(query.device)
+        if return_lse:
+            return attention_with_lse(query, key, value, attn_mask=mask, scale=scale)
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
     if backend == "tiled":
-        return tiled_window_attention(query, key, value, grid, window, _tile_sizes(grid, window, tile), scale)
+        tiles = _tile_sizes(grid, window, tile)
+        return tiled_window_attention(query, key, value, grid, window, tiles, scale, return_lse)
     if backend == "flex":
         if not flex_available():
             raise ValueError("backend='flex' needs torch.nn.attention.flex_attention (torch >= 2.5)")
-        return flex_window_attention(query, key, value, grid, window, scale)
+        return flex_window_attention(query, key, value, grid, window, scale, return_lse=return_lse)
     return _natten_attention(query, key, value, grid, window, scale)
 
 

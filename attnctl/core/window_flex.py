@@ -97,21 +97,44 @@ def flex_window_attention(
     window: tuple[int, ...],
     scale: float | None = None,
     compile: bool = True,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Inward-window attention with ``flex_attention``, compiled unless ``compile=False`` or compiling failed.
 
-    Uncompiled flex attention is correct but materialises the scores (O(tokens^2) memory on CPU).
+    Uncompiled flex attention is correct but materialises the scores (O(tokens^2) memory on CPU). With
+    ``return_lse`` also the (batch, heads, tokens) float32 log-sum-exp.
     """
     from torch.nn.attention.flex_attention import flex_attention
 
     block_mask = window_block_mask(grid, window, str(query.device))
     if compile and not _COMPILE_FAILED:
         try:
-            return _compiled_flex()(query, key, value, block_mask=block_mask, scale=scale)
+            result = _compiled_flex()(query, key, value, block_mask=block_mask, scale=scale, **_lse_request(return_lse))
+            return _with_lse(result, return_lse)
         except Exception as error:  # Inductor needs a working C++/Triton toolchain; fall back once, loudly
             _COMPILE_FAILED.append(repr(error))
             warnings.warn(f"flex_attention could not be compiled ({error!r}); running it eagerly", stacklevel=2)
-    return flex_attention(query, key, value, block_mask=block_mask, scale=scale)
+    result = flex_attention(query, key, value, block_mask=block_mask, scale=scale, **_lse_request(return_lse))
+    return _with_lse(result, return_lse)
+
+
+def _lse_request(return_lse: bool) -> dict:
+    """flex_attention's keyword for the log-sum-exp: ``return_aux`` (torch >= 2.9) or the older ``return_lse``."""
+    if not return_lse:
+        return {}
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:
+        return {"return_lse": True}
+    return {"return_aux": AuxRequest(lse=True)}
+
+
+def _with_lse(result, return_lse: bool):
+    """``output`` or ``(output, lse)`` from either form of flex_attention's result."""
+    if not return_lse:
+        return result
+    out, extra = result
+    return out, getattr(extra, "lse", extra).float()
 
 
 def flex_compile_error() -> str | None:

@@ -29,6 +29,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from .lse import attention_with_lse
 from .windows import inward_starts
 
 BAND_BYTES = 8 * 2**20  # largest key (and value) band copied for one SDPA call; bigger runs are split
@@ -170,17 +171,22 @@ def tiled_window_attention(
     window: tuple[int, ...],
     tile: tuple[int, ...],
     scale: float | None = None,
-) -> torch.Tensor:
-    """Inward-window attention, (batch, heads, tokens, head_dim) in and out; see the module docstring."""
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Inward-window attention, (batch, heads, tokens, head_dim) in and out; see the module docstring.
+
+    With ``return_lse`` also each query's log-sum-exp over its window, (batch, heads, tokens) float32.
+    """
     plan = tile_plan(grid, window, tile)
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device) if return_lse else None
     key, value = _permute_keys(key, plan), _permute_keys(value, plan)
     for combo in plan.combos():
         runs = tuple(axis.runs[index] for axis, index in zip(plan.axes, combo))
         mask = plan.mask(combo, query.dtype, query.device)
         for part in _split_band(plan, runs, query):
-            _attend_runs(plan, part, query, key, value, out, mask, scale)
-    return out
+            _attend_runs(plan, part, query, key, value, out, lse, mask, scale)
+    return (out, lse) if return_lse else out
 
 
 def _permute_keys(tensor: torch.Tensor, plan: TilePlan) -> torch.Tensor:
@@ -258,13 +264,19 @@ def _attend_runs(
     key: torch.Tensor,
     value: torch.Tensor,
     out: torch.Tensor,
+    lse: torch.Tensor | None,
     mask: torch.Tensor | None,
     scale: float | None,
 ) -> None:
-    """One SDPA call for one combination of runs, written into ``out`` in place."""
+    """One SDPA call for one combination of runs, written into ``out`` (and ``lse`` if given) in place."""
     keys, values = _key_view(key, plan, runs), _key_view(value, plan, runs)
     # (batch, heads, counts.., tiles.., dim) -> (batch', view_tiles, query_tile, dim), a copy
     queries = _tile_view(query, plan, runs).reshape(keys.shape[0], runs[-1].count, plan.query_tile, -1)
-    attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
+    if lse is None:
+        attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
+    else:
+        attended, attended_lse = attention_with_lse(queries, keys, values, attn_mask=mask, scale=scale)
+        lse_target = _tile_view(lse[..., None], plan, runs)
+        lse_target.copy_(attended_lse.view(lse_target.shape))
     target = _tile_view(out, plan, runs)
     target.copy_(attended.view(target.shape))

@@ -13,11 +13,10 @@ allows odd ones only. Dilation is not supported.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from ..core.lse import attention_with_lse, merge_attention
 from ..core.window_attention import window_attention
 from ..core.windows import resolve_window, window_keep_mask
 from .grid import GridSelfAttention, as_pair, check_grid, check_positive, naive_attention
@@ -79,41 +78,25 @@ def cls_window_attention(
 
     The CLS query attends to every token; each patch query attends to the CLS key and to its inward ``window``
     of patches (a window larger than the grid is clipped to the grid, so a covering window is full attention).
-
-    The shared kernel has no global keys, so the CLS key rides in a second *frame* of a (2, H, W) grid whose
-    windows span all frames: frame 0 holds a copy of the CLS key at every position, and every patch query sees
-    exactly ``window_h * window_w`` of those copies (the inward rule keeps the count fixed). One extra head
-    channel, 1 on the queries and ``-log(copies) / scale`` on the copies, adds ``-log(copies)`` to their
-    logits, so together they weigh exactly one CLS key. Exact; costs about 4x the patch-only window kernel
-    (twice the queries, twice the keys).
+    The patch part is the shared window kernel over the patches alone, returning its log-sum-exp; the CLS key is
+    merged in exactly afterwards (:func:`attnctl.core.lse.merge_attention`), so it costs the patch-only window
+    kernel plus one key per query. ``backend`` as in :func:`~attnctl.core.window_attention.window_attention`,
+    except ``natten`` (no log-sum-exp).
     """
     window = resolve_window(grid, window, allow_full=True)
-    batch, heads, tokens, dim = query.shape
+    tokens = query.shape[2]
     patches = grid[0] * grid[1]
     if tokens != 1 + patches:
         raise ValueError(f"query has {tokens} tokens; a CLS token plus grid={grid} needs {1 + patches}")
-    scale = dim**-0.5 if scale is None else scale
+    tiles = (check_positive("tile", tile),) * 2
     cls_out = F.scaled_dot_product_attention(query[:, :, :1], key, value, scale=scale)  # (batch, heads, 1, d)
-
-    def channel(x: torch.Tensor, fill: float) -> torch.Tensor:
-        return torch.cat([x, x.new_full((*x.shape[:-1], 1), fill)], dim=-1)  # (..., d + 1)
-
-    copies = math.prod(window)
-    frame_shape = (batch, heads, patches, dim + 1)
-    queries = torch.cat([query.new_zeros(frame_shape), channel(query[:, :, 1:], 1.0)], dim=2)
-    keys = torch.cat(
-        [channel(key[:, :, :1], -math.log(copies) / scale).expand(frame_shape), channel(key[:, :, 1:], 0.0)],
-        dim=2,
-    )  # (batch, heads, 2 * patches, d + 1)
-    values = torch.cat(
-        [channel(value[:, :, :1], 0.0).expand(frame_shape), channel(value[:, :, 1:], 0.0)], dim=2
-    )
-    frames = (2, *grid)
-    tiles = (2, check_positive("tile", tile), tile)
-    out = window_attention(
-        queries, keys, values, frames, (2, *window), scale=scale, backend=backend, tile=tiles
-    )
-    return torch.cat([cls_out, out[:, :, patches:, :dim]], dim=2)
+    patch_query = query[:, :, 1:]
+    windowed, windowed_lse = window_attention(
+        patch_query, key[:, :, 1:], value[:, :, 1:], grid, window, scale=scale, backend=backend, tile=tiles,
+        return_lse=True,
+    )  # (batch, heads, H*W, d), (batch, heads, H*W)
+    from_cls, cls_lse = attention_with_lse(patch_query, key[:, :, :1], value[:, :, :1], scale=scale)
+    return torch.cat([cls_out, merge_attention(windowed, windowed_lse, from_cls, cls_lse)], dim=2)
 
 
 def cls_window_attention_reference(

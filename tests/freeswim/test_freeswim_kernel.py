@@ -87,6 +87,32 @@ def test_window_covering_the_grid_is_exactly_sdpa():
         assert torch.equal(window_attention(query, key, value, grid, (None, 5, 6), backend=backend), stock)
 
 
+def naive_window_lse(query, key, grid, window, scale=None):
+    """log sum_j exp(q k_j * scale) over each query's window: the definition."""
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    logits = (query @ key.transpose(-1, -2)) * scale
+    return logits.masked_fill(~window_keep_mask(grid, window), float("-inf")).logsumexp(dim=-1)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize(("grid", "window", "tile"), [CASES[0], CASES[4], CASES[8], ((2, 5, 6), (None, 5, 6), None)])
+def test_return_lse_gives_the_window_log_sum_exp_and_the_same_output(grid, window, tile, monkeypatch):
+    import attnctl.core.window_flex as window_flex
+
+    query, key, value = qkv(grid, seed=3)
+    expected_lse = naive_window_lse(query, key, grid, window, scale=0.3)
+    monkeypatch.setattr(window_flex, "_COMPILE_FAILED", ["not compiled in the unit tests"])  # eager flex
+    for backend in ("tiled", "reference", "flex"):
+        out, lse = window_attention(query, key, value, grid, window, scale=0.3, backend=backend, tile=tile,
+                                    return_lse=True)
+        assert lse.shape == query.shape[:-1] and lse.dtype == torch.float32
+        torch.testing.assert_close(lse, expected_lse, atol=TOLERANCE, rtol=0)
+        assert torch.equal(out, window_attention(query, key, value, grid, window, scale=0.3, backend=backend,
+                                                 tile=tile))
+    with pytest.raises(ValueError, match="return_lse=True is not available with backend='natten'"):
+        window_attention(query, key, value, grid, window, backend="natten", return_lse=True)
+
+
 def test_plan_has_few_runs_whatever_the_grid_size():
     small, large = tile_plan((8, 32, 32), (8, 15, 15), (8, 4, 4)), tile_plan((8, 64, 64), (8, 15, 15), (8, 4, 4))
     assert len(small.combos()) == len(large.combos()) == 9  # border, interior, border on each spatial axis
@@ -169,8 +195,12 @@ def test_default_tile_keeps_tiles_small_and_at_least_32_queries():
     assert default_tile((2, 3, 5), (2, 3, 3)) == (2, 3, 5)
 
 
-def test_backend_choice():
+def test_backend_choice(monkeypatch):
     assert default_backend("cpu") == "tiled"
+    import attnctl.core.window_attention as module
+
+    monkeypatch.setattr(module, "natten_gpu_available", lambda: True)
+    assert default_backend("cuda") == "natten" and default_backend("cuda", return_lse=True) == "flex"
     assert {"reference", "tiled", "flex"} <= set(available_backends())
 
 
