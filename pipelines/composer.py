@@ -19,11 +19,13 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from attnctl.composer import (
+    AUTO,
     CORRELATION,
+    EXCEPTIONAL_TOKEN_ID,
     GENERATOR,
     ComposerConfig,
     CorrelationMaps,
@@ -54,6 +56,7 @@ from attnctl.composer import (
 from attnctl.core import AttentionController
 
 INVERSION = "inversion"
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -124,17 +127,33 @@ class PrimeComposerPipeline(StableDiffusionImg2ImgPipeline):
         """Pixel sizes must be multiples of this: the VAE factor times the UNet's total downsampling."""
         return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
-    def encode_inversion_prompt(self, token_id: int | None, device: torch.device) -> torch.Tensor:
+    def resolve_inversion_token(self, token_id: int | str | None) -> int | None:
+        """``"auto"``: TF-ICON's token (7788) where the vocabulary has it and the text encoder has position
+        embeddings to switch off, else ``None`` (the empty prompt); anything else is returned as given."""
+        if token_id != AUTO:
+            return token_id
+        if EXCEPTIONAL_TOKEN_ID < len(self.tokenizer) and self._position_embedding() is not None:
+            return EXCEPTIONAL_TOKEN_ID
+        logger.info("inversion_token_id='auto': token %d is not in this model's vocabulary; inverting with the "
+                    "empty prompt", EXCEPTIONAL_TOKEN_ID)
+        return None
+
+    def _position_embedding(self) -> torch.nn.Module | None:
+        return next((m for name, m in self.text_encoder.named_modules()
+                     if name.endswith("embeddings.position_embedding")), None)
+
+    def encode_inversion_prompt(self, token_id: int | str | None, device: torch.device) -> torch.Tensor:
         """The inversion condition: TF-ICON's "exceptional prompt" (``token_id`` repeated, token embeddings only,
-        no position embeddings, through the text encoder), or the empty prompt when ``token_id`` is ``None``."""
+        no position embeddings, through the text encoder), or the empty prompt when ``token_id`` is ``None``
+        (``"auto"``: see :meth:`resolve_inversion_token`)."""
+        token_id = self.resolve_inversion_token(token_id)
         if token_id is None:
             return self.encode_prompt("", device, 1, False)[0]
         vocabulary = len(self.tokenizer)
         if not 0 <= token_id < vocabulary:
             raise ValueError(f"inversion_token_id={token_id} is not in the tokenizer's vocabulary of {vocabulary} "
                              f"tokens; pass an id below {vocabulary}, or None to invert with the empty prompt")
-        position = next((m for name, m in self.text_encoder.named_modules()
-                         if name.endswith("embeddings.position_embedding")), None)
+        position = self._position_embedding()
         if position is None:
             raise ValueError("the text encoder has no embeddings.position_embedding module to switch off for the "
                              "exceptional prompt; pass inversion_token_id=None")
@@ -233,7 +252,7 @@ class PrimeComposerPipeline(StableDiffusionImg2ImgPipeline):
         faithful: bool = False,
         rca: bool | None = None,
         solver_order: int = 2,
-        inversion_token_id: int | None = 7788,
+        inversion_token_id: int | str | None = AUTO,
         height: int | None = None,
         width: int | None = None,
         seed: int | None = None,
@@ -258,7 +277,8 @@ class PrimeComposerPipeline(StableDiffusionImg2ImgPipeline):
             rca: region-constrained cross-attention; ``None``: on by default, off with ``faithful`` (dead code in
                 the release).
             solver_order: 2 (DPM-Solver++(2M), released) or 1 (DDIM).
-            inversion_token_id: token of TF-ICON's exceptional inversion prompt, ``None`` for the empty prompt.
+            inversion_token_id: token of TF-ICON's exceptional inversion prompt, ``None`` for the empty prompt,
+                ``"auto"`` for 7788 (CLIP's) where the vocabulary has it, else the empty prompt.
             height, width: working size (multiples of :attr:`size_multiple`); default: the background's size
                 rounded down, or with ``faithful`` the model's square default size.
 

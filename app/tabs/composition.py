@@ -37,12 +37,6 @@ MASK_CAPTIONS = {  # the pipeline's mask name -> caption
 DEFAULTS = ComposerConfig()
 
 
-def inversion_token(pipe: PrimeComposerPipeline) -> int | None:
-    """TF-ICON's exceptional inversion token when the model's vocabulary has it, else the empty prompt."""
-    token = DEFAULTS.inversion_token_id
-    return token if token is not None and token < len(pipe.tokenizer) else None
-
-
 def compose(
     models: ModelCache,
     model: str,
@@ -83,7 +77,7 @@ def compose(
             "Target is missing: type a box x0, y0, x1, y1, or paint the region on the Background."
         )
     pipe = models.get(model, PrimeComposerPipeline)
-    token = inversion_token(pipe)
+    token = pipe.resolve_inversion_token(DEFAULTS.inversion_token_id)  # "auto": shown in the run details
     started = time.perf_counter()
     with user_errors():
         output = pipe(

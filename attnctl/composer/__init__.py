@@ -7,6 +7,8 @@ grid), :mod:`.preprocess` (input checks, subject canvas, pixel paste), :mod:`.to
 """
 
 from .config import (
+    AUTO,
+    EXCEPTIONAL_TOKEN_ID,
     ComposerConfig,
     Phases,
     fraction_steps,
@@ -51,7 +53,9 @@ from .solver import DiscreteVPSchedule, data_from_output, dpm_update, integrate,
 from .tokens import check_token_indices, phrase_token_indices, words_token_indices
 
 __all__ = [
+    "AUTO",
     "CORRELATION",
+    "EXCEPTIONAL_TOKEN_ID",
     "GENERATOR",
     "ComposerConfig",
     "CompositionModel",

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 
 DOMAINS = ("same", "cross")
+EXCEPTIONAL_TOKEN_ID = 7788  # TF-ICON's exceptional inversion prompt token, in CLIP's vocabulary
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,8 @@ class ComposerConfig:
             because the release never reaches its RCA code).
         solver_order: 2 for DPM-Solver++(2M) as released, 1 for DDIM.
         inversion_token_id: the token repeated 77 times (no position embeddings) to condition the inversion,
-            TF-ICON's "exceptional prompt" (7788 in CLIP's vocabulary); ``None`` inverts with the empty prompt.
+            TF-ICON's "exceptional prompt"; ``None`` inverts with the empty prompt; ``"auto"`` (default) is
+            ``EXCEPTIONAL_TOKEN_ID`` (7788, CLIP's) where the model's vocabulary has it, else ``None``.
     """
 
     domain: str = "same"
@@ -37,7 +40,7 @@ class ComposerConfig:
     faithful: bool = False
     rca: bool | None = None
     solver_order: int = 2
-    inversion_token_id: int | None = 7788
+    inversion_token_id: int | str | None = AUTO
 
     def __post_init__(self) -> None:
         if self.domain not in DOMAINS:
@@ -50,6 +53,11 @@ class ComposerConfig:
             raise ValueError(
                 f"tau values are out of order: tau_c={self.tau_c}, tau_a={self.tau_a}, tau_b={self.tau_b}; "
                 "they must satisfy tau_c <= tau_a <= tau_b (re-paste, then injection, then blending ends)"
+            )
+        token = self.inversion_token_id
+        if not (token is None or token == AUTO or (isinstance(token, int) and not isinstance(token, bool) and token >= 0)):
+            raise ValueError(
+                f"inversion_token_id={token!r} must be a token id (int >= 0), None (empty prompt) or 'auto'"
             )
         if self.solver_order not in (1, 2):
             raise ValueError(f"solver_order={self.solver_order} is not supported; use 1 (DDIM) or 2 (DPM-Solver++)")

@@ -27,6 +27,13 @@ def test_domain_and_order_are_checked():
         ComposerConfig(solver_order=3)
 
 
+@pytest.mark.parametrize("token", ["7788", -1, True, 1.5])
+def test_inversion_token_must_be_an_id_none_or_auto(token):
+    with pytest.raises(ValueError, match="inversion_token_id=.* must be a token id"):
+        ComposerConfig(inversion_token_id=token)
+    assert ComposerConfig().inversion_token_id == "auto"
+
+
 def test_rca_default_follows_the_mode():
     assert ComposerConfig().use_rca and not ComposerConfig(faithful=True).use_rca
     assert ComposerConfig(faithful=True, rca=True).use_rca

@@ -122,6 +122,18 @@ def test_exceptional_inversion_prompt_drops_position_embeddings(pipe):
     assert _compose(pipe, inversion_token_id=token).images.shape == (1, 48, 64, 3)
 
 
+def test_auto_inversion_token_uses_tf_icons_token_only_where_the_vocabulary_has_it(pipe, monkeypatch):
+    import attnctl.pipelines.composer as module
+
+    assert len(pipe.tokenizer) <= 7788 and pipe.resolve_inversion_token("auto") is None  # the tiny vocabulary
+    default = _compose(pipe, inversion_token_id="auto").images
+    assert np.array_equal(default, _compose(pipe, inversion_token_id=None).images)  # the empty prompt
+    monkeypatch.setattr(module, "EXCEPTIONAL_TOKEN_ID", 600)  # a vocabulary that has the token
+    assert pipe.resolve_inversion_token("auto") == 600 and pipe.resolve_inversion_token(None) is None
+    assert np.array_equal(_compose(pipe, inversion_token_id="auto").images,
+                          _compose(pipe, inversion_token_id=600).images)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
