@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from attnctl import __version__
 
 from . import generate, parse, ui
-from .common import EXIT_INTERRUPTED, EXIT_USAGE
+from .common import EXIT_INTERRUPTED, EXIT_USAGE, quiet_import_notices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    quiet_import_notices()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

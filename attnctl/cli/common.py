@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_TORCHVISION_NOTICE = "requires torchvision (not installed)"
+
+
+def drop_torchvision_notice(record: logging.LogRecord) -> bool:
+    """Logging filter: drop transformers' notice that it falls back to its PIL image processors without torchvision.
+
+    diffusers imports those processors for the safety checker's feature extractor, so every command printed it
+    twice; nothing attnctl generates depends on it.
+    """
+    return _TORCHVISION_NOTICE not in record.getMessage()
+
+
+def quiet_import_notices() -> None:
+    """Install :func:`drop_torchvision_notice` on the transformers logger that emits it (idempotent)."""
+    logger = logging.getLogger("transformers.utils.import_utils")
+    if drop_torchvision_notice not in logger.filters:
+        logger.addFilter(drop_torchvision_notice)
 
 
 def resolve_model(model: str | None) -> str:
