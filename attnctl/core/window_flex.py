@@ -86,7 +86,7 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-_COMPILE_FAILED: list[str] = []
+_COMPILE_FAILED: dict[tuple[str, bool], str] = {}  # (device type, return_lse) -> why compiling failed
 
 
 def flex_window_attention(
@@ -107,12 +107,15 @@ def flex_window_attention(
     from torch.nn.attention.flex_attention import flex_attention
 
     block_mask = window_block_mask(grid, window, str(query.device))
-    if compile and not _COMPILE_FAILED:
+    # failures are remembered per kind of call: Inductor's CPU flex kernel cannot return the lse, yet compiles
+    # the plain call fine
+    kind = (query.device.type, return_lse)
+    if compile and kind not in _COMPILE_FAILED:
         try:
             result = _compiled_flex()(query, key, value, block_mask=block_mask, scale=scale, **_lse_request(return_lse))
             return _with_lse(result, return_lse)
         except Exception as error:  # Inductor needs a working C++/Triton toolchain; fall back once, loudly
-            _COMPILE_FAILED.append(repr(error))
+            _COMPILE_FAILED[kind] = repr(error)
             warnings.warn(f"flex_attention could not be compiled ({error!r}); running it eagerly", stacklevel=2)
     result = flex_attention(query, key, value, block_mask=block_mask, scale=scale, **_lse_request(return_lse))
     return _with_lse(result, return_lse)
@@ -139,4 +142,4 @@ def _with_lse(result, return_lse: bool):
 
 def flex_compile_error() -> str | None:
     """Why compiling flex_attention failed in this process, or None if it has not failed."""
-    return _COMPILE_FAILED[0] if _COMPILE_FAILED else None
+    return next(iter(_COMPILE_FAILED.values()), None)

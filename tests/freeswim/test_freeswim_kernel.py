@@ -101,7 +101,9 @@ def test_return_lse_gives_the_window_log_sum_exp_and_the_same_output(grid, windo
 
     query, key, value = qkv(grid, seed=3)
     expected_lse = naive_window_lse(query, key, grid, window, scale=0.3)
-    monkeypatch.setattr(window_flex, "_COMPILE_FAILED", ["not compiled in the unit tests"])  # eager flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    monkeypatch.setattr(window_flex, "_compiled_flex", lambda: flex_attention)  # eager flex: no compile in unit tests
     for backend in ("tiled", "reference", "flex"):
         out, lse = window_attention(query, key, value, grid, window, scale=0.3, backend=backend, tile=tile,
                                     return_lse=True)
@@ -148,6 +150,32 @@ def test_flex_backend_uncompiled_matches_the_reference():
         expected = naive_masked_softmax(query, key, value, grid, window)
         out = flex_window_attention(query, key, value, grid, window, compile=False)
         torch.testing.assert_close(out, expected, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_a_failed_lse_compile_does_not_stop_compiling_plain_calls(monkeypatch):
+    """Inductor's CPU flex kernel cannot return the lse: that failure must not turn plain calls eager."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    import attnctl.core.window_flex as window_flex
+
+    compiled_calls = []
+
+    def compiled(*args, **kwargs):
+        if "return_aux" in kwargs or "return_lse" in kwargs:
+            raise NotImplementedError("return_lse is not supported yet")
+        compiled_calls.append(kwargs)
+        return flex_attention(*args, **kwargs)
+
+    monkeypatch.setattr(window_flex, "_COMPILE_FAILED", {})
+    monkeypatch.setattr(window_flex, "_compiled_flex", lambda: compiled)
+    grid, window = (2, 6, 7), (2, 3, 5)
+    query, key, value = qkv(grid, batch=1, heads=2)
+    with pytest.warns(UserWarning, match="could not be compiled"):
+        out, lse = window_flex.flex_window_attention(query, key, value, grid, window, return_lse=True)
+    torch.testing.assert_close(lse, naive_window_lse(query, key, grid, window), atol=TOLERANCE, rtol=0)
+    window_flex.flex_window_attention(query, key, value, grid, window)
+    assert len(compiled_calls) == 1 and window_flex.flex_compile_error()
 
 
 @pytest.mark.slow
