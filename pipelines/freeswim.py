@@ -152,6 +152,7 @@ class FreeSwimPipeline(WanPipeline):
         window_size: tuple[int, int] | None = None,
         strength: float = 0.7,
         cache_interval: int = 2,
+        cache_device: str | torch.device | None = None,
         attention_scale: float | str | None = "entropy",
         dual_path: bool = True,
         guide_uncond: bool = False,
@@ -175,6 +176,9 @@ class FreeSwimPipeline(WanPipeline):
             strength: how far stage 2 re-noises the upscaled video, in (0, 1] (original: 0.7).
             cache_interval: the full branch runs every ``cache_interval`` steps of the conditional pass and its
                 cross-attention outputs are reused in between (1 = uncached; original default 2, 5 faster).
+            cache_device: where the cache waits between steps: ``None`` beside the activations, ``"cpu"`` to
+                offload it (pinned memory, asynchronous copies) when the GPU cannot hold a long high-resolution
+                video's cache (tokens x dim per block: about 16 GB at 1088 x 1920 x 81 on Wan2.1-1.3B).
             attention_scale: self-attention softmax scale: ``"entropy"`` (FreeSwim's, default), ``None`` (stock
                 ``1/sqrt(head_dim)``) or a number.
             dual_path: run the full branch and its cross-attention override; ``False`` gives plain inward-window
@@ -204,6 +208,7 @@ class FreeSwimPipeline(WanPipeline):
             attention_scale=attention_scale,
             dual_path=dual_path,
             cache_interval=cache_interval,
+            cache_device=cache_device,
             guide_uncond=guide_uncond,
             allow_full=window_size is None,  # the odd native window may pass an even native-size axis by one
         )

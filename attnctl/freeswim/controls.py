@@ -41,6 +41,24 @@ class FreeSwimState:
     def stores_cache(self) -> bool:
         return self.config.cache_interval > 1
 
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes the cross-attention cache holds now."""
+        return sum(stored.numel() * stored.element_size() for stored in self.cache.values())
+
+    def store(self, key: tuple[str | None, str], rows: torch.Tensor) -> None:
+        """Keep a copy of ``rows`` (B, tokens, dim) under ``key`` on ``config.cache_device``.
+
+        The buffer of the previous store is reused, so a refresh allocates nothing; host buffers for a GPU are
+        pinned so the copy is asynchronous (ordered on the stream, like the replay that reads it).
+        """
+        device = torch.device(self.config.cache_device) if self.config.cache_device else rows.device
+        buffer = self.cache.get(key)
+        if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (rows.shape, rows.dtype, device):
+            pin = device.type == "cpu" and rows.device.type == "cuda"
+            buffer = self.cache[key] = torch.empty(rows.shape, dtype=rows.dtype, device=device, pin_memory=pin)
+        buffer.copy_(rows, non_blocking=True)
+
     def begin_pass(self, step: int, branch: str | None) -> str:
         """Choose and record the mode of the next pass of ``branch`` at denoising ``step`` (0-based).
 
@@ -139,7 +157,8 @@ class FullBranchCrossAttention(AttentionControl):
         stored = self.state.cache.get((call.branch, call.layer.name))
         if stored is None or stored.shape[0] != call.batch_size:
             raise RuntimeError(f"no cached cross-attention of batch {call.batch_size} for layer {call.layer.name}")
-        return stored
+        device = next(call.module.parameters()).device  # where the layer computes (also under CPU offload hooks)
+        return stored.to(device, non_blocking=True)
 
     def kernel(self, call: AttentionCall) -> Kernel | None:
         if self.state.mode != DUAL:
@@ -157,8 +176,7 @@ class FullBranchCrossAttention(AttentionControl):
 
     def edit_output(self, call: AttentionCall, output: torch.Tensor) -> torch.Tensor:
         if self.state.mode == DUAL and self.state.stores_cache:
-            # keep the full rows only, detached from the (2B, tokens, dim) output
-            self.state.cache[(call.branch, call.layer.name)] = output[_half(call) :].clone()
+            self.state.store((call.branch, call.layer.name), output[_half(call) :])  # the full rows only
         return output
 
 

@@ -10,7 +10,15 @@ from diffusers import UniPCMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from attnctl.core import AttentionController
-from attnctl.freeswim import DUAL, WINDOW, FreeSwimConfig, FreeSwimState, freeswim_controls, native_window
+from attnctl.freeswim import (
+    CACHED,
+    DUAL,
+    WINDOW,
+    FreeSwimConfig,
+    FreeSwimState,
+    freeswim_controls,
+    native_window,
+)
 from attnctl.freeswim.wan_processor import wan_processor_factory
 
 PROMPT, NEGATIVE, TEXT_TOKENS, GUIDANCE = "a cat walking", "blurry", 16, 4.0
@@ -101,3 +109,42 @@ def test_guided_unconditional_pass_keeps_its_own_cache(pipe):
     assert sorted({(step, branch) for step, branch, _ in state.full_branch_runs}) == [
         (0, "cond"), (0, "uncond"), (2, "cond"), (2, "uncond"),
     ]
+
+
+@pytest.mark.parametrize("cache_device", [None, "cpu"])
+def test_cached_passes_replay_the_full_rows_of_the_last_dual_pass(pipe, cache_device):
+    """Interval 2 over 5 steps: dual on 0, 2, 4; steps 1 and 3 return exactly what the dual pass before gave the full
+    rows, and a refresh writes into the same buffers (no new allocation)."""
+    layer = pipe.transformer.blocks[0].attn2
+    key = ("cond", "blocks.0.attn2.processor")
+    passes, buffers = [], []
+
+    def record(module, args, output):
+        state = pipe.freeswim_states["transformer"]
+        if state.branch == "cond":
+            passes.append((state.step, state.mode, output.clone()))
+            if state.mode == DUAL:
+                buffers.append(state.cache[key].data_ptr())
+
+    hook = layer.register_forward_hook(record)
+    refine(pipe, steps=5, cache_interval=2, cache_device=cache_device)
+    hook.remove()
+    assert [(step, mode) for step, mode, _ in passes] == [
+        (0, DUAL), (1, CACHED), (2, DUAL), (3, CACHED), (4, DUAL),
+    ]
+    for (_, _, dual), (_, _, cached) in ((passes[0], passes[1]), (passes[2], passes[3])):
+        assert torch.equal(cached, dual[1:])  # the full rows, replayed bit for bit
+    assert not torch.equal(passes[1][2], passes[3][2])  # and refreshed in between
+    assert len(set(buffers)) == 1
+    state = pipe.freeswim_states["transformer"]
+    assert state.cache_nbytes == sum(t.numel() * t.element_size() for t in state.cache.values()) > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="offloading the cache from a GPU needs a GPU")
+def test_cache_offloaded_to_pinned_host_memory_gives_the_same_video(pipe):
+    pipe.to("cuda")
+    beside = refine(pipe, steps=4, cache_interval=2)
+    offloaded = refine(pipe, steps=4, cache_interval=2, cache_device="cpu")
+    state = pipe.freeswim_states["transformer"]
+    assert all(t.device.type == "cpu" and t.is_pinned() for t in state.cache.values())
+    assert torch.equal(beside, offloaded)

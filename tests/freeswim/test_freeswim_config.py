@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from attnctl.freeswim import FreeSwimConfig, FreeSwimState, entropy_scale, native_window
 
@@ -36,11 +37,18 @@ def test_entropy_scale_matches_the_released_value():
         (dict(attention_scale=-1.0), "attention_scale=-1.0"),
         (dict(backend="gpu"), "backend='gpu' must be None or one of"),
         (dict(native_tokens=1), "native_tokens=1 must be at least 2"),
+        (dict(cache_device="gpu0"), "cache_device='gpu0' is not a torch device"),
     ],
 )
 def test_bad_settings_raise_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FreeSwimConfig(**(dict(window=(3, 3), native_tokens=9) | kwargs))
+
+
+def test_cache_device_is_kept_as_a_device_string():
+    assert FreeSwimConfig(window=(3, 3), native_tokens=9).cache_device is None
+    assert FreeSwimConfig(window=(3, 3), native_tokens=9, cache_device=torch.device("cpu")).cache_device == "cpu"
+    assert FreeSwimConfig(window=(3, 3), native_tokens=9, cache_device="cuda:1").cache_device == "cuda:1"
 
 
 def test_native_size_must_be_whole_tokens():
