@@ -117,6 +117,7 @@ class Method:
     # arguments built from several fields at once, with the loaded pipeline at hand: (kwargs, pipe) -> kwargs
     combine: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
     combined_arguments: tuple[str, ...] = ()  # the __call__ arguments ``combine`` produces
+    offload_arguments: Mapping[str, Any] = field(default_factory=dict)  # __call__ arguments added by --cpu-offload
 
     @property
     def all_arguments(self) -> dict[str, str]:
@@ -155,6 +156,7 @@ class Method:
             consumed = {a for a in passed if a not in parameters}
             passed = {a: f for a, f in passed.items() if a not in consumed}
             passed.update({a: "combined" for a in self.combined_arguments})
+        passed.update({a: "--cpu-offload" for a in self.offload_arguments})
         missing = [f"{argument} (field {name!r})" for argument, name in passed.items() if argument not in parameters]
         if missing:
             raise MethodUnavailable(
@@ -162,9 +164,10 @@ class Method:
                 + "; attnctl's method table and this pipeline disagree (see attnctl/batch/methods.py)"
             )
 
-    def call_kwargs(self, fields: Mapping[str, Any], pipe: Any = None) -> dict[str, Any]:
-        """The ``__call__`` keyword arguments for one item's fields (the generator is added by the runner)."""
-        kwargs: dict[str, Any] = {}
+    def call_kwargs(self, fields: Mapping[str, Any], pipe: Any = None, offload: bool = False) -> dict[str, Any]:
+        """The ``__call__`` keyword arguments for one item's fields (the generator is added by the runner);
+        ``offload`` (``--cpu-offload``) adds the method's memory-saving arguments."""
+        kwargs: dict[str, Any] = dict(self.offload_arguments) if offload else {}
         for name, argument in self.all_arguments.items():
             if name in fields:
                 kwargs[argument] = fields[name]
@@ -244,6 +247,7 @@ METHODS: dict[str, Method] = {
                 "video": Converter(("video",), _load_video),
             },
             export_fields=frozenset({"fps"}),
+            offload_arguments={"cache_device": "cpu"},  # the cross-attention cache waits in host memory
         ),
     )
 }

@@ -131,7 +131,7 @@ class _Worker:
         method, out = self.options.method, self.options.out
         video = method.output == "video"
         self.pipe.set_progress_bar_config(disable=None if video else True, leave=False, desc=item.path)
-        kwargs = method.call_kwargs(item.fields, self.pipe)
+        kwargs = method.call_kwargs(item.fields, self.pipe, offload=self.options.cpu_offload)
         start = time.perf_counter()
         output = self.pipe(**kwargs, generator=cpu_generator(item.seed))
         media = method.media(output)

@@ -61,7 +61,7 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--device", default="auto", help="auto (accelerate's choice per process), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                    help="model dtype (auto: float16 on CUDA, else float32)")
-    p.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (GPU memory saver)")
+    p.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (GPU memory saver); freeswim also keeps its cache in host memory")
     p.add_argument("--overwrite", action="store_true", help="regenerate outputs that are already finished")
     p.set_defaults(run=run)
 

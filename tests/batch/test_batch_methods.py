@@ -45,6 +45,23 @@ def test_call_kwargs_map_and_convert_fields(tmp_path):
     assert loaded["subject_mask"].mode == "L"
 
 
+def test_cpu_offload_adds_the_methods_memory_saving_arguments():
+    fields = {"prompt": "a", "cache_interval": 2}
+    assert "cache_device" not in METHODS["freeswim"].call_kwargs(fields)
+    assert METHODS["freeswim"].call_kwargs(fields, offload=True) == {
+        "prompt": "a", "cache_interval": 2, "cache_device": "cpu",
+    }
+    assert METHODS["plain"].call_kwargs(fields, offload=True) == {"prompt": "a"}
+
+    class NoCacheDevice:
+        def __call__(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, generator,
+                     num_frames, strength, cache_interval, dual_path, native_width, native_height, video):
+            pass
+
+    with pytest.raises(MethodUnavailable, match=r"has no argument cache_device \(field '--cpu-offload'\)"):
+        METHODS["freeswim"].check_signature(NoCacheDevice)
+
+
 def test_parameters_are_job_fields_with_pipeline_defaults_filled_in():
     from diffusers import StableDiffusionPipeline
 
