@@ -35,6 +35,7 @@ class FreeSwimState:
     def reset(self) -> None:
         self.mode, self.step, self.branch = WINDOW, -1, None
         self.cache: dict[tuple[str | None, str], torch.Tensor] = {}  # (branch, layer name) -> (B, tokens, dim)
+        self.cache_home: dict[tuple[str | None, str], torch.device] = {}  # where each entry was computed
         self.full_branch_runs: list[tuple[int, str | None, str]] = []  # (step, branch, layer) per full self-attn
 
     @property
@@ -58,6 +59,12 @@ class FreeSwimState:
             pin = device.type == "cpu" and rows.device.type == "cuda"
             buffer = self.cache[key] = torch.empty(rows.shape, dtype=rows.dtype, device=device, pin_memory=pin)
         buffer.copy_(rows, non_blocking=True)
+        self.cache_home[key] = rows.device
+
+    def replay(self, key: tuple[str | None, str]) -> torch.Tensor | None:
+        """The rows stored under ``key``, on the device they were computed on (None if nothing is stored)."""
+        stored = self.cache.get(key)
+        return None if stored is None else stored.to(self.cache_home[key], non_blocking=True)
 
     def begin_pass(self, step: int, branch: str | None) -> str:
         """Choose and record the mode of the next pass of ``branch`` at denoising ``step`` (0-based).
@@ -154,11 +161,10 @@ class FullBranchCrossAttention(AttentionControl):
         if self.state.mode != CACHED:
             return None
         self.state.check_branch(call)
-        stored = self.state.cache.get((call.branch, call.layer.name))
+        stored = self.state.replay((call.branch, call.layer.name))
         if stored is None or stored.shape[0] != call.batch_size:
             raise RuntimeError(f"no cached cross-attention of batch {call.batch_size} for layer {call.layer.name}")
-        device = next(call.module.parameters()).device  # where the layer computes (also under CPU offload hooks)
-        return stored.to(device, non_blocking=True)
+        return stored
 
     def kernel(self, call: AttentionCall) -> Kernel | None:
         if self.state.mode != DUAL:
