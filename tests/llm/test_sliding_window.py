@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from attnctl.llm.patching import route_attention
 from attnctl.llm.sliding_window import (
@@ -112,17 +111,24 @@ def test_model_with_window_matches_the_reference_route():
     assert (windowed - stock).abs().max() > 1e-2  # the window does change a 40-token input
 
 
-def test_incremental_decoding_equals_the_full_forward():
+def test_cached_generation_equals_the_full_forward():
+    """``generate`` with a KV cache (a 20-token prefill, then 10 one-token steps) gives the logits a full windowed
+    forward gives over the generated text; ``generate`` passes the cache the way the installed transformers wants."""
     model = build_tiny_causal_lm("mixtral")
-    ids = torch.randint(4, 99, (2, 30), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(4, 99, (2, 20), generator=torch.Generator().manual_seed(3))
+    lengths = []
+    hook = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     with torch.no_grad(), apply_sliding_window(model, 6, sinks=1, block=8):
-        full = model(ids).logits
-        cache = DynamicCache(config=model.config)
-        steps = [model(ids[:, :20], past_key_values=cache, use_cache=True).logits]
-        steps += [
-            model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(20, 30)
-        ]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-5)
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, min_new_tokens=10, do_sample=False,
+            use_cache=True, output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+        )
+        hook.remove()
+        full = model(out.sequences).logits
+    assert lengths == [20] + [1] * 9  # really incremental: one prefill, then one token at a time
+    torch.testing.assert_close(torch.stack(out.logits, dim=1), full[:, 19:29], rtol=0, atol=1e-5)
 
 
 def test_only_the_chosen_layers_change_and_restore_puts_everything_back():
