@@ -31,7 +31,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from attnctl.core import AttentionController
-from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls, native_window
+from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls
 from attnctl.freeswim.wan_processor import wan_processor_factory
 
 VideoInput = list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -200,17 +200,16 @@ class FreeSwimPipeline(WanPipeline):
             prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
             callback_on_step_end_tensor_inputs, guidance_scale_2,
         )
-        unit = self._pixels_per_token()
-        native_grid = (native_height // unit, native_width // unit)
-        config = FreeSwimConfig(
-            window=tuple(window_size) if window_size is not None else native_window(native_grid),
-            native_tokens=native_grid[0] * native_grid[1],
+        config = FreeSwimConfig.from_native_size(
+            native_height,
+            native_width,
+            pixels_per_token=self._pixels_per_token(),
+            window=window_size,  # None: derived from the native size, full attention along an axis it exceeds
             attention_scale=attention_scale,
             dual_path=dual_path,
             cache_interval=cache_interval,
             cache_device=cache_device,
             guide_uncond=guide_uncond,
-            allow_full=window_size is None,  # the odd native window may pass an even native-size axis by one
         )
         if self.config.boundary_ratio is not None and guidance_scale_2 is None:
             guidance_scale_2 = guidance_scale

@@ -103,8 +103,9 @@ def window_attention(
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
     if return_lse and backend == "natten":
         raise ValueError("return_lse=True is not available with backend='natten'; use 'flex' or 'tiled'")
-    if covers_grid(grid, window) or backend == "reference":
-        mask = None if covers_grid(grid, window) else window_keep_mask(grid, window).to(query.device)
+    covered = covers_grid(grid, window)
+    if covered or backend == "reference":
+        mask = None if covered else window_keep_mask(grid, window).to(query.device)
         if return_lse:
             return attention_with_lse(query, key, value, attn_mask=mask, scale=scale)
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)

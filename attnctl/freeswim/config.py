@@ -104,15 +104,18 @@ class FreeSwimConfig:
     ) -> FreeSwimConfig:
         """The config for a model whose native resolution is ``native_height`` x ``native_width`` pixels.
 
-        The window is :func:`native_window` and ``allow_full`` defaults to True: made odd, the window is one token
-        wider than an even native axis, and on a target no larger than native along that axis it is full attention.
+        The window is ``options["window"]`` if given, else :func:`native_window` with ``allow_full`` defaulting to
+        True: made odd, that window is one token wider than an even native axis, and on a target no larger than
+        native along that axis it is full attention. A window the caller chose must fit the grid.
         """
         for name, value in (("native_height", native_height), ("native_width", native_width)):
             if value < pixels_per_token or value % pixels_per_token:
                 raise ValueError(f"{name}={value} must be a positive multiple of {pixels_per_token}")
         grid = (native_height // pixels_per_token, native_width // pixels_per_token)
-        options.setdefault("allow_full", True)
-        return cls(window=native_window(grid), native_tokens=grid[0] * grid[1], **options)
+        if options.get("window") is None:
+            options["window"] = native_window(grid)
+            options.setdefault("allow_full", True)
+        return cls(native_tokens=grid[0] * grid[1], **options)
 
     def softmax_scale(self, head_dim: int) -> float | None:
         """The self-attention scale for heads of ``head_dim`` channels (None: SDPA's default)."""

@@ -64,3 +64,5 @@ def test_window_larger_than_the_grid_is_an_error_unless_full_attention_is_allowe
     native = FreeSwimConfig.from_native_size(48, 64)  # grid 3 x 4 -> window 3 x 5, one wider than the native grid
     assert native.allow_full and FreeSwimState(native).window_for((2, 3, 4)) == (2, 3, 4)
     assert not FreeSwimConfig.from_native_size(48, 64, allow_full=False).allow_full
+    chosen = FreeSwimConfig.from_native_size(48, 64, window=(3, 3))  # a chosen window must fit: no fallback
+    assert chosen.window == (3, 3) and chosen.native_tokens == 12 and not chosen.allow_full
