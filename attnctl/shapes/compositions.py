@@ -16,6 +16,7 @@ import numpy as np
 
 from .evaluation import PromptObjects
 from .scene import (
+    COLOURS,
     HELD_OUT_COLOUR_PAIRS,
     HELD_OUT_SINGLE_CAPTIONS,
     RELATIONS,
@@ -92,15 +93,29 @@ def seen_twin_prompts() -> list[PromptObjects]:
     return composition_prompts(swapped(held) for held in HELD_OUT_COMPOSITIONS)
 
 
+def relation_of(prompt: PromptObjects) -> str:
+    """The relation word(s) of a two-object prompt (``"to the left of"``); ``ValueError`` if there is none."""
+    for relation in RELATIONS:
+        if f" {relation} " in prompt.prompt:
+            return relation
+    raise ValueError(f"prompt={prompt.prompt!r}: no relation among {RELATIONS}")
+
+
 def reordered(prompt: PromptObjects) -> str:
     """The same scene described the other way round: ``"B to the right of A"`` for ``"A to the left of B"``."""
     first, second = prompt.objects
-    relation = next(r for r in RELATIONS if f" {r} " in f" {prompt.prompt} ")
-    return two_object_prompt(second, INVERSE_RELATIONS[relation], first).prompt
+    return two_object_prompt(second, INVERSE_RELATIONS[relation_of(prompt)], first).prompt
 
 
 def swapped_twin_prompt(prompt: PromptObjects) -> PromptObjects:
     """The caption with the two objects' colours exchanged (same words, other binding)."""
     (c1, s1), (c2, s2) = prompt.objects
-    relation = next(r for r in RELATIONS if f" {r} " in f" {prompt.prompt} ")
-    return two_object_prompt((c2, s1), relation, (c1, s2))
+    return two_object_prompt((c2, s1), relation_of(prompt), (c1, s2))
+
+
+def recoloured(prompt: PromptObjects) -> PromptObjects:
+    """The caption with its second colour replaced by the first palette colour it does not use (a negative
+    that differs in words, unlike the swapped twin)."""
+    (c1, s1), (c2, s2) = prompt.objects
+    other = next(c for c in COLOURS if c not in (c1, c2))
+    return two_object_prompt((c1, s1), relation_of(prompt), (other, s2))
