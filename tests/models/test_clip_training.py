@@ -138,3 +138,24 @@ def test_clip_phase_trains_resumes_and_is_reproducible(tokenizer, script, tmp_pa
     images, captions = script.training_batch(0, "clip", 0, 4)
     assert images.shape == (4, 3, 64, 64) and len(captions) == 4
     assert torch.isfinite(clip_step_loss(straight, tokenizer, images, captions))
+
+
+def test_token_positions_line_up_across_tokenizers(tokenizer, script, tmp_path):
+    from transformers import CLIPTokenizer
+
+    from attnctl.models.tokenizer import write_clip_tokenizer
+
+    assert script.aligned_positions(tokenizer, "a small orange star") == ([0, 1, 2, 3, 4], list(range(5, 24)))
+    # a vocabulary without "orange" splits it into single letters: its last letter stands for the word
+    letters = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path, ["a", "small", "star"]))
+    assert script.aligned_positions(letters, "a small orange star") == ([0, 1, 2, 8, 9], list(range(10, 24)))
+
+
+def test_text_bridge_of_an_encoder_onto_itself_reproduces_its_states(tokenizer, script):
+    torch.manual_seed(0)
+    text_encoder = script.frozen_text_encoder(build_clip(tokenizer), tokenizer)
+    captions = script.training_batch(0, "bridge", 0, 40)[1] + [""]
+    bridge = script.text_bridge(text_encoder, tokenizer, text_encoder, tokenizer, captions)  # (64, 64)
+    with torch.no_grad():
+        states = encode_captions(tokenizer, text_encoder, ["a red circle above a blue star", ""])
+    assert torch.allclose(states @ bridge, states, atol=1e-4)  # layer-normed states span 63 dims: A != I
