@@ -21,7 +21,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
 from diffusers.utils import BaseOutput
 
-from attnctl.core import AttentionController, AttentionStore, TokenHeatmaps, label_heatmaps
+from attnctl.core import AttentionController, AttentionStore, TokenHeatmaps, guidance_rows, label_heatmaps
 from attnctl.structured import STRUCT_MODES, Phrase, PhraseEncoding, StructuredControl, prompt_phrases
 
 PhraseInput = str | Phrase
@@ -194,7 +194,8 @@ class StructuredDiffusionPipeline(StableDiffusionPipeline):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **kwargs,
         )
         if controls:
-            with AttentionController(controls).installed(self.unet):
+            cond_rows = num_prompts * images_per_prompt
+            with AttentionController(controls, rows=guidance_rows(cond_rows)).installed(self.unet):
                 output = super().__call__(**call_args)
         else:
             output = super().__call__(**call_args)
