@@ -77,7 +77,7 @@ REGISTRY: dict[type, dict[type, Entry]] = {
     WanAttention: {
         WanAttnProcessor: Entry(
             "Wan 2.1/2.2 (T2V, I2V, VACE)",
-            lambda c, layer, m, stock, model: ControlledWanAttnProcessor(c, layer, model.config.patch_size, stock),
+            lambda c, layer, m, stock, model: ControlledWanAttnProcessor(c, layer, stock),
             _cross_kind,
         ),
     },
