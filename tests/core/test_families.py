@@ -93,7 +93,7 @@ def test_store_records_per_token_maps_on_every_family(family, pipes):
     stock = run_pipe(pipe, family)
     with AttentionController([store]).installed(denoiser(pipe)) as controller:
         latents = run_pipe(pipe, family)
-    torch.testing.assert_close(latents, stock, rtol=1e-4, atol=1e-4)  # explicit softmax instead of the fused kernel
+    torch.testing.assert_close(latents, stock, rtol=1e-3, atol=1e-3)  # explicit softmax instead of the fused kernel
     assert store.num_records == 2 * sum(layer.is_cross for layer in controller.layers) > 0
     maps = store.maps((32, 48))
     assert maps.shape[-2:] == (32, 48) and torch.isfinite(maps).all()
