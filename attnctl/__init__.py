@@ -14,12 +14,15 @@ __version__ = "0.1.0"
 _LAZY = {
     "StructuredDiffusionPipeline": "attnctl.pipelines.structured",
     "StructuredDiffusionPipelineOutput": "attnctl.pipelines.structured",
+    "StructuredDiffusionXLPipeline": "attnctl.pipelines.structured",
+    "StructuredPixArtSigmaPipeline": "attnctl.pipelines.structured",
     "FreeSwimPipeline": "attnctl.pipelines.freeswim",
     "FreeSwimPipelineOutput": "attnctl.pipelines.freeswim",
     "PrimeComposerPipeline": "attnctl.pipelines.composer",
     "PrimeComposerPipelineOutput": "attnctl.pipelines.composer",
     "RegionalDiffusionPipeline": "attnctl.pipelines.regional",
     "RegionalDiffusionPipelineOutput": "attnctl.pipelines.regional",
+    "RegionalDiffusionXLPipeline": "attnctl.pipelines.regional",
 }
 
 __all__ = ["__version__", *_LAZY]
