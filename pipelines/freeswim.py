@@ -46,7 +46,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from attnctl.core import AttentionController
 from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls
-from attnctl.freeswim.wan_processor import wan_processor_factory
+from attnctl.freeswim.wan_processor import TEXT_TOKENS, wan_processor_factory
 
 VideoInput = list[PIL.Image.Image] | np.ndarray | torch.Tensor
 
@@ -622,6 +622,16 @@ class FreeSwimImageToVideoPipeline(FreeSwimStages, WanImageToVideoPipeline):
         """``image``, ``last_image`` and ``image_embeds`` as ``WanImageToVideoPipeline`` takes them; every other
         argument as :meth:`FreeSwimPipeline.__call__` (``max_sequence_length`` stays 512 on Wan 2.1, whose
         cross-attention finds the image tokens by that length)."""
+        length = kwargs.get("max_sequence_length", 512)
+        embeds = kwargs.get("prompt_embeds")
+        if self.transformer is not None and self.transformer.config.image_dim is not None and (
+            length != TEXT_TOKENS or (embeds is not None and embeds.shape[1] != TEXT_TOKENS)
+        ):
+            got = length if embeds is None else tuple(embeds.shape)
+            raise ValueError(
+                f"max_sequence_length={got} (or prompt_embeds of that length): Wan 2.1 image-to-video needs "
+                f"{TEXT_TOKENS} text tokens, its cross-attention takes the tokens before the last {TEXT_TOKENS} as image context"
+            )
         conditions = dict(image=image, last_image=last_image, image_embeds=image_embeds)
         return FreeSwimStages.__call__(self, prompt, negative_prompt, conditions=conditions, **kwargs)
 
