@@ -18,6 +18,8 @@ _LAZY = {
     "StructuredPixArtSigmaPipeline": "attnctl.pipelines.structured",
     "FreeSwimPipeline": "attnctl.pipelines.freeswim",
     "FreeSwimPipelineOutput": "attnctl.pipelines.freeswim",
+    "FreeSwimImageToVideoPipeline": "attnctl.pipelines.freeswim",
+    "FreeSwimVACEPipeline": "attnctl.pipelines.freeswim",
     "PrimeComposerPipeline": "attnctl.pipelines.composer",
     "PrimeComposerPipelineOutput": "attnctl.pipelines.composer",
     "RegionalDiffusionPipeline": "attnctl.pipelines.regional",
