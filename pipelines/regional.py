@@ -20,6 +20,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
 from diffusers.utils import BaseOutput
 
+from attnctl.checks import check_call
 from attnctl.composer import (
     RegionConstrainedCrossAttention,
     TokenRegion,
@@ -121,6 +122,7 @@ class RegionalDiffusionPipeline(StableDiffusionPipeline):
             :class:`RegionalDiffusionPipelineOutput`, or the parent's ``(images, nsfw)`` tuple when
             ``return_dict=False``.
         """
+        check_call(self, locals())  # every argument, before any model runs
         regions = list(regions or [])
         boxes = [check_region_box(box, index) for index, (_, box) in enumerate(regions)]
         tokens = self.region_tokens(prompt, regions)

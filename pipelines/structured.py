@@ -21,6 +21,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
 from diffusers.utils import BaseOutput
 
+from attnctl.checks import check_call
 from attnctl.core import AttentionController, AttentionStore, TokenHeatmaps, label_heatmaps
 from attnctl.structured import STRUCT_MODES, Phrase, PhraseEncoding, StructuredControl, prompt_phrases
 
@@ -154,6 +155,7 @@ class StructuredDiffusionPipeline(StableDiffusionPipeline):
             :class:`StructuredDiffusionPipelineOutput`, or the parent's ``(images, nsfw)`` tuple when
             ``return_dict=False``.
         """
+        check_call(self, locals())  # every argument, before any model runs
         if struct_mode is not None and struct_mode not in STRUCT_MODES:
             raise ValueError(f"struct_mode={struct_mode!r} is not one of {STRUCT_MODES} or None (stock guidance)")
         if prompt is not None and not isinstance(prompt, (str, list)):
