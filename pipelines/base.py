@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DiffusionPipeline
 
+from attnctl.checks import check_call
 from attnctl.core import AttentionControl, AttentionController, AttentionStore, TokenHeatmaps
 from attnctl.models.families import Family, detect_family, get_family
 
@@ -214,6 +215,7 @@ class ControlledPipelineMixin:
         passed.update(passed.pop(_var_keyword(parent.__call__), {}))
         bound.apply_defaults()
         call = {name: value for name, value in bound.arguments.items() if name != "self"}
+        check_call(self, {**call, **method_kwargs})  # every argument, before any model runs
         run = self.prepare(_ReadOnly(call), **method_kwargs)
         return_dict = passed.pop("return_dict", True)
         if run.controls:
