@@ -25,6 +25,12 @@ _LAZY = {
     "RegionalDiffusionPipeline": "attnctl.pipelines.regional",
     "RegionalDiffusionPipelineOutput": "attnctl.pipelines.regional",
     "RegionalDiffusionXLPipeline": "attnctl.pipelines.regional",
+    "AttendAndExcitePipeline": "attnctl.pipelines.attend_excite",
+    "AttendAndExciteXLPipeline": "attnctl.pipelines.attend_excite",
+    "AttendAndExcitePipelineOutput": "attnctl.pipelines.attend_excite",
+    "SynGenPipeline": "attnctl.pipelines.syngen",
+    "SynGenXLPipeline": "attnctl.pipelines.syngen",
+    "SynGenPipelineOutput": "attnctl.pipelines.syngen",
 }
 
 __all__ = ["__version__", *_LAZY]
