@@ -2,22 +2,21 @@
 
 The text-only use of PrimeComposer's RCA (spec Sec. 6): each listed phrase's tokens may only be attended to from the
 token-grid cells inside its box, in every cross-attention layer and at every step, on the conditional half of the
-guidance batch. A subclass of diffusers' ``StableDiffusionPipeline`` whose ``__call__`` keeps every parent argument
-and adds ``regions``; processors are swapped only for the duration of the call.
+guidance batch. ``RegionalDiffusionPipeline.from_pretrained(path)`` returns the variant of the folder's family (a
+subclass of its diffusers pipeline) whose ``__call__`` keeps every parent argument and adds ``regions``; processors
+are swapped only for the duration of the call (:mod:`attnctl.pipelines.base`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import StableDiffusionPipeline
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.image_processor import PipelineImageInput
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import BaseOutput
 
 from attnctl.composer import (
@@ -29,7 +28,9 @@ from attnctl.composer import (
     conditional_half,
     words_token_indices,
 )
-from attnctl.core import AttentionCall, AttentionController
+from attnctl.core import AttentionCall
+
+from .base import ControlledPipelineMixin, MethodRun
 
 Box = Sequence[float]
 RegionInput = tuple[str | Sequence[int], Box]
@@ -37,11 +38,11 @@ RegionInput = tuple[str | Sequence[int], Box]
 
 @dataclass
 class RegionalDiffusionPipelineOutput(BaseOutput):
-    """Images as ``StableDiffusionPipelineOutput`` gives them, plus the regions used.
+    """Images as the family's pipeline gives them, plus the regions used.
 
     Args:
         images: the generated images (list of PIL images, numpy array or tensor, per ``output_type``).
-        nsfw_content_detected: per-image flags from the safety checker, or ``None``.
+        nsfw_content_detected: per-image flags from the safety checker (SD 1.x/2.x), else ``None``.
         region_masks: per region, its box at the output's pixel size (``L`` image), for display.
         region_tokens: per region, the token positions (start token = 0) that were confined.
     """
@@ -61,11 +62,12 @@ def check_region_box(box: Box, index: int) -> tuple[float, float, float, float]:
     return values
 
 
-class RegionalDiffusionPipeline(StableDiffusionPipeline):
-    """Text-to-image where each listed phrase is confined to a box; loads any SD 1.x/2.x checkpoint."""
+class RegionalMethod(ControlledPipelineMixin):
+    """Region-constrained cross-attention, whatever the family; the variants below pick the parent pipeline."""
 
     def region_tokens(self, prompt: str | None, regions: Sequence[RegionInput]) -> list[list[int]]:
         """Token positions of each region's phrase in ``prompt`` (or its explicit positions)."""
+        tokenizer = self.family_text.tokenizer(self)
         tokens = []
         for index, (phrase, _) in enumerate(regions):
             name = f"regions[{index}]"
@@ -73,79 +75,51 @@ class RegionalDiffusionPipeline(StableDiffusionPipeline):
                 if not isinstance(prompt, str):
                     raise ValueError(f"{name} names a phrase, which needs one prompt string; with prompt_embeds or "
                                      "several prompts give token positions instead")
-                tokens.append(words_token_indices(self.tokenizer, prompt, phrase, name))
+                tokens.append(words_token_indices(tokenizer, prompt, phrase, name))
             else:
-                tokens.append(check_token_indices(phrase, self.tokenizer.model_max_length, name))
+                tokens.append(check_token_indices(phrase, tokenizer.model_max_length, name))
         return tokens
 
     def _rows(self, call: AttentionCall) -> slice:
         return conditional_half(call) if self.do_classifier_free_guidance else all_rows(call)
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str] = None,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        timesteps: list[int] = None,
-        sigmas: list[float] = None,
-        guidance_scale: float = 7.5,
-        negative_prompt: str | list[str] | None = None,
-        num_images_per_prompt: int | None = 1,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        ip_adapter_image: PipelineImageInput | None = None,
-        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
-        output_type: str | None = "pil",
-        return_dict: bool = True,
-        cross_attention_kwargs: dict[str, Any] | None = None,
-        guidance_rescale: float = 0.0,
-        clip_skip: int | None = None,
-        callback_on_step_end: Callable[[int, int], None] | PipelineCallback | MultiPipelineCallbacks | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (the parent's default)
-        regions: Sequence[RegionInput] | None = None,
-        **kwargs,
-    ) -> RegionalDiffusionPipelineOutput | tuple:
-        r"""Generate images; every argument of ``StableDiffusionPipeline.__call__`` works as there.
+    def prepare(self, call: Mapping[str, Any], *, regions: Sequence[RegionInput] | None = None) -> MethodRun:
+        r"""Regional layout's arguments.
 
         Args:
             regions: ``[(phrase, (x0, y0, x1, y1)), ...]`` with the box normalised to ``[0, 1]`` (origin top-left);
                 the phrase must occur in ``prompt``, or be given as token positions (start token = 0). ``None`` or
-                an empty list: stock Stable Diffusion.
+                an empty list: the family's stock pipeline.
 
-        Returns:
-            :class:`RegionalDiffusionPipelineOutput`, or the parent's ``(images, nsfw)`` tuple when
-            ``return_dict=False``.
+        Returns :class:`RegionalDiffusionPipelineOutput`, or the parent's tuple when ``return_dict=False``.
         """
         regions = list(regions or [])
         boxes = [check_region_box(box, index) for index, (_, box) in enumerate(regions)]
-        tokens = self.region_tokens(prompt, regions)
-        call_args = dict(
-            prompt=prompt, height=height, width=width, num_inference_steps=num_inference_steps,
-            timesteps=timesteps, sigmas=sigmas, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images_per_prompt, eta=eta, generator=generator, latents=latents,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
-            output_type=output_type, return_dict=True, cross_attention_kwargs=cross_attention_kwargs,
-            guidance_rescale=guidance_rescale, clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **kwargs,
-        )
+        tokens = self.region_tokens(call["prompt"], regions)
+        controls = []
         if regions:
-            control = RegionConstrainedCrossAttention(
+            controls.append(RegionConstrainedCrossAttention(
                 [TokenRegion(tuple(t), lambda grid, box=box: box_cells(box, grid)) for t, box in zip(tokens, boxes)],
-                self._rows)
-            with AttentionController([control]).installed(self.unet):
-                output = super().__call__(**call_args)
-        else:
-            output = super().__call__(**call_args)
-        if not return_dict:
-            return output.images, output.nsfw_content_detected
-        size = (height or self.unet.config.sample_size * self.vae_scale_factor,
-                width or self.unet.config.sample_size * self.vae_scale_factor)
-        masks = [PIL.Image.fromarray(box_cells(box, size).numpy().astype(np.uint8) * 255) for box in boxes]
-        return RegionalDiffusionPipelineOutput(images=output.images, nsfw_content_detected=output.nsfw_content_detected,
-                                               region_masks=masks, region_tokens=tokens)
+                self._rows))
+
+        def finish(output) -> RegionalDiffusionPipelineOutput:
+            size = self.image_size(call)
+            masks = [PIL.Image.fromarray(box_cells(box, size).numpy().astype(np.uint8) * 255) for box in boxes]
+            return RegionalDiffusionPipelineOutput(
+                images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
+                region_masks=masks, region_tokens=tokens)
+
+        return MethodRun(controls, finish)
+
+
+class RegionalDiffusionPipeline(RegionalMethod, StableDiffusionPipeline):
+    """Each listed phrase confined to a box on SD 1.x/2.x; ``from_pretrained`` returns any supported family's
+    variant."""
+
+    family = "sd"
+
+
+class RegionalDiffusionXLPipeline(RegionalMethod, StableDiffusionXLPipeline):
+    """Each listed phrase confined to a box on SDXL."""
+
+    family = "sdxl"

@@ -20,21 +20,32 @@ STRUCT_MODES = ("values", "keys")
 
 @dataclass(frozen=True)
 class PhraseEncoding:
-    """One phrase's own encoding and where its tokens sit in the full prompt (span after BOS)."""
+    """One phrase's own encoding and where its tokens sit in the full prompt.
 
-    embedding: torch.Tensor  # (tokens, dim): the phrase encoded alone, BOS at position 0
+    ``token_start``/``token_end`` count prompt tokens from the first one; ``offset`` is that first token's
+    position in the encoder sequence: 1 after CLIP's start token, 0 for T5, which has none.
+    """
+
+    embedding: torch.Tensor  # (tokens, dim): the phrase encoded alone, its first token at ``offset``
     token_start: int
     token_end: int
+    offset: int = 1
 
 
 def align(full: torch.Tensor, phrase: PhraseEncoding) -> torch.Tensor:
-    """``align(C0, Ci)``: C0 with positions 1+start .. 1+end-1 taken from Ci's positions 1 .. end-start.
+    """``align(C0, Ci)`` (Feng et al. 2023, Sec. 3.2): C0 with the phrase's positions
+    ``offset+start .. offset+end-1`` taken from Ci's positions ``offset .. offset+end-start-1``.
 
-    Shapes: full (tokens, dim) -> (tokens, dim). BOS, the other words, EOS and padding keep C0's values.
+    Shapes: full (tokens, dim) -> (tokens, dim). The start token, the other words, the end token and padding
+    keep C0's values.
     """
     length = phrase.token_end - phrase.token_start
+    first = phrase.offset
+    if first + phrase.token_end > full.shape[0] or first + length > phrase.embedding.shape[0]:
+        raise ValueError(f"phrase span [{phrase.token_start}, {phrase.token_end}) at offset {first} does not fit "
+                         f"the prompt's {full.shape[0]} or the phrase's {phrase.embedding.shape[0]} encoded tokens")
     out = full.clone()
-    out[1 + phrase.token_start : 1 + phrase.token_end] = phrase.embedding[1 : 1 + length].to(full)
+    out[first + phrase.token_start : first + phrase.token_end] = phrase.embedding[first : first + length].to(full)
     return out
 
 
