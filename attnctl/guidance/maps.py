@@ -65,7 +65,7 @@ class GradientMaps(AttentionControl):
     def _target(self, call: AttentionCall) -> tuple[int, int]:
         if self.resolution is not None:
             return self.resolution
-        return default_resolution(call.controller.sample_hw or call.grid)
+        return default_resolution(call.run.sample_hw or call.grid)
 
     def applies_to(self, call: AttentionCall) -> bool:
         if not (self.recording and call.is_cross and call.grid is not None):
