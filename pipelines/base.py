@@ -112,7 +112,7 @@ class PixArtText(FamilyText):
 FAMILY_TEXT: dict[str, FamilyText] = {"sd": SDText(), "sdxl": SDXLText(), "pixart": PixArtText()}
 
 
-def _parent_pipeline(cls: type) -> type:
+def parent_pipeline(cls: type) -> type:
     """The diffusers pipeline a variant runs: the first base in the MRO that is not an attnctl mixin."""
     return next(base for base in cls.__mro__[1:]
                 if issubclass(base, DiffusionPipeline) and not issubclass(base, ControlledPipelineMixin))
@@ -151,7 +151,7 @@ class ControlledPipelineMixin:
         if family.name in cls._variants:
             raise TypeError(f"{cls._variants[family.name].__name__} is already the {family.name} variant")
         cls._variants[family.name] = cls
-        parent = _parent_pipeline(cls)
+        parent = parent_pipeline(cls)
 
         def __call__(self, *args, **kwargs):  # noqa: N807 (a per-class copy, so each carries its own signature)
             return self._controlled_call(args, kwargs)
@@ -208,10 +208,14 @@ class ControlledPipelineMixin:
         own = inspect.signature(type(self).prepare).parameters
         method_kwargs = {name: kwargs.pop(name) for name in list(kwargs)
                          if name in own and own[name].kind is inspect.Parameter.KEYWORD_ONLY}
-        parent = _parent_pipeline(type(self))
+        parent = parent_pipeline(type(self))
         bound = inspect.signature(parent.__call__).bind(self, *args, **kwargs)
         passed = {name: value for name, value in bound.arguments.items() if name != "self"}
-        passed.update(passed.pop(_var_keyword(parent.__call__), {}))
+        extra = passed.pop(_var_keyword(parent.__call__), {})
+        for name in _STEP_END_ARGUMENTS & set(extra):
+            raise ValueError(f"{name} was given but {parent.__name__}.__call__ has no {name}; it would be "
+                             "ignored (use its callback=..., callback_steps=... instead)")
+        passed.update(extra)
         bound.apply_defaults()
         call = {name: value for name, value in bound.arguments.items() if name != "self"}
         run = self.prepare(_ReadOnly(call), **method_kwargs)
@@ -264,6 +268,9 @@ class ControlledPipelineMixin:
             tokens = [tokenizer.decode([token]).strip() for token in ids]
             result.append(TokenHeatmaps(tokens, image_maps[text.offset : text.offset + len(ids)]))
         return result
+
+
+_STEP_END_ARGUMENTS = {"callback_on_step_end", "callback_on_step_end_tensor_inputs"}
 
 
 def _var_keyword(function: Callable) -> str | None:
