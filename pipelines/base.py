@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DiffusionPipeline
 
-from attnctl.core import AttentionControl, AttentionController, AttentionStore, TokenHeatmaps
+from attnctl.core import AttentionCall, AttentionControl, AttentionController, AttentionStore, TokenHeatmaps
 from attnctl.models.families import Family, detect_family, get_family
 
 
@@ -60,9 +60,13 @@ class FamilyText:
     def tokenizer(self, pipe: DiffusionPipeline) -> Any:
         return getattr(pipe, self.tokenizer_attribute)
 
+    def sequence_length(self, pipe: DiffusionPipeline, call: Mapping[str, Any]) -> int:
+        """How many text keys the attention layers see (special tokens and padding included)."""
+        return self.tokenizer(pipe).model_max_length
+
     def max_tokens(self, pipe: DiffusionPipeline, call: Mapping[str, Any]) -> int:
         """How many prompt tokens (special tokens excluded) reach attention."""
-        return self.tokenizer(pipe).model_max_length - 2
+        return self.sequence_length(pipe, call) - 2
 
     def prompt_ids(self, pipe: DiffusionPipeline, prompt: str, call: Mapping[str, Any]) -> list[int]:
         """The prompt's token ids as they reach attention, special tokens excluded."""
@@ -99,8 +103,11 @@ class PixArtText(FamilyText):
 
     offset = 0
 
+    def sequence_length(self, pipe, call):
+        return call["max_sequence_length"]
+
     def max_tokens(self, pipe, call):
-        return call["max_sequence_length"] - 1  # the rest of the sequence after </s>
+        return call["max_sequence_length"] - 1  # no start token, one </s>
 
     def encode(self, pipe, texts, call):
         embeds = pipe.encode_prompt(texts, False, num_images_per_prompt=1, device=pipe._execution_device,
@@ -235,6 +242,24 @@ class ControlledPipelineMixin:
         return AttentionController(controls).installed(self.denoiser)
 
     # -- helpers methods share ------------------------------------------------------------------------------
+    def default_call(self) -> dict[str, Any]:
+        """The parent's ``__call__`` defaults (for helpers used outside a call)."""
+        parameters = inspect.signature(parent_pipeline(type(self)).__call__).parameters.values()
+        return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+    def conditional_rows(self, call: Mapping[str, Any]) -> Callable[[AttentionCall], slice]:
+        """Row selector of the conditional rows: the second half of a ``[uncond, cond]`` guidance batch, as the
+        SD, SDXL and PixArt pipelines lay it out, or every row without classifier-free guidance."""
+
+        def rows(attention: AttentionCall) -> slice:
+            if hasattr(type(self), "do_classifier_free_guidance"):  # SD/SDXL: the parent's own decision
+                guided = self.do_classifier_free_guidance
+            else:  # PixArt decides in a local variable: guidance_scale > 1
+                guided = call["guidance_scale"] > 1.0
+            return slice(attention.batch_size // 2, None) if guided else slice(None)
+
+        return rows
+
     def image_size(self, call: Mapping[str, Any]) -> tuple[int, int]:
         """(height, width) in pixels the call generates, with the parent's defaults."""
         config = self.denoiser.config

@@ -65,12 +65,15 @@ class RegionConstrainedCrossAttention(AttentionControl):
         regions: the token sets and their regions.
         rows: which batch rows are constrained (e.g. :func:`conditional_half`; the unconditional rows stay stock).
         branch: act only while ``controller.branch`` equals this (``None``: always).
+        first_token: the first position a region may name: 1 where position 0 is CLIP's start token, 0 for T5.
     """
 
-    def __init__(self, regions: Sequence[TokenRegion], rows: RowSelector = all_rows, branch: str | None = None):
+    def __init__(self, regions: Sequence[TokenRegion], rows: RowSelector = all_rows, branch: str | None = None,
+                 first_token: int = 1):
         for region in regions:
-            if any(token < 1 for token in region.tokens):
-                raise ValueError(f"token indices {region.tokens} must be >= 1: position 0 is the start token")
+            if any(token < first_token for token in region.tokens):
+                raise ValueError(f"token indices {region.tokens} must be >= {first_token}"
+                                 + (": position 0 is the start token" if first_token else ""))
         self.regions = list(regions)
         self.rows = rows
         self.branch = branch
