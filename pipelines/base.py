@@ -122,7 +122,7 @@ FAMILY_TEXT: dict[str, FamilyText] = {"sd": SDText(), "sdxl": SDXLText(), "pixar
 def parent_pipeline(cls: type) -> type:
     """The diffusers pipeline a variant runs: the first base in the MRO that is not an attnctl mixin."""
     return next(base for base in cls.__mro__[1:]
-                if issubclass(base, DiffusionPipeline) and not issubclass(base, ControlledPipelineMixin))
+                if issubclass(base, DiffusionPipeline) and not issubclass(base, FamilyPipelineMixin))
 
 
 def _merged_signature(parent_call: Callable, prepare: Callable) -> inspect.Signature:
@@ -139,12 +139,10 @@ def _merged_signature(parent_call: Callable, prepare: Callable) -> inspect.Signa
     return inspect.Signature(positional + keyword + own + var, return_annotation=Any)
 
 
-class ControlledPipelineMixin:
-    """Base of attnctl's method mixins; see the module docstring for the recipe.
-
-    A method mixin overrides :meth:`prepare`; a variant sets ``family`` (a name in
-    :data:`attnctl.models.families.FAMILIES`).
-    """
+class FamilyPipelineMixin:
+    """Family dispatch for a method's pipelines: a method mixin subclasses this, and each variant sets
+    ``family`` (a name in :data:`attnctl.models.families.FAMILIES`) and inherits the family's diffusers
+    pipeline. ``from_pretrained`` on any of them loads the variant of the checkpoint's family."""
 
     family: ClassVar[str | None] = None
     _variants: ClassVar[dict[str, type]]
@@ -158,25 +156,7 @@ class ControlledPipelineMixin:
         if family.name in cls._variants:
             raise TypeError(f"{cls._variants[family.name].__name__} is already the {family.name} variant")
         cls._variants[family.name] = cls
-        parent = parent_pipeline(cls)
 
-        def __call__(self, *args, **kwargs):  # noqa: N807 (a per-class copy, so each carries its own signature)
-            return self._controlled_call(args, kwargs)
-
-        __call__.__signature__ = _merged_signature(parent.__call__, cls.prepare)
-        __call__.__doc__ = (f"{cls.__name__}: every argument of ``{parent.__name__}.__call__`` works as there; "
-                            f"the method's own arguments are those of :meth:`{cls.__name__}.prepare`.\n\n"
-                            f"{inspect.getdoc(cls.prepare) or ''}")
-        __call__.__qualname__ = f"{cls.__name__}.__call__"
-        cls.__call__ = torch.no_grad()(__call__)
-
-    # -- what a method provides ------------------------------------------------------------------------------
-    def prepare(self, call: Mapping[str, Any]) -> MethodRun:
-        """The controls for one call. ``call`` holds every parent argument (defaults applied, read-only); the
-        method's own arguments follow as keyword-only parameters of the override."""
-        raise NotImplementedError
-
-    # -- the shared mechanism ------------------------------------------------------------------------------
     @property
     def model_family(self) -> Family:
         return get_family(self.family)
@@ -209,7 +189,40 @@ class ControlledPipelineMixin:
         An unsupported family is a ``ValueError`` before any component is loaded.
         """
         variant = cls.variant_for(detect_family(pretrained_model_name_or_path))
-        return super(ControlledPipelineMixin, variant).from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return super(FamilyPipelineMixin, variant).from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def install(self, controls: Sequence[AttentionControl]):
+        """``with pipe.install(controls):`` the denoiser runs with ``controls`` (the one place a method
+        pipeline touches the core's controller)."""
+        return AttentionController(controls).installed(self.denoiser)
+
+
+class ControlledPipelineMixin(FamilyPipelineMixin):
+    """Base of the method mixins that wrap the parent's ``__call__``; see the module docstring for the recipe.
+
+    A method mixin overrides :meth:`prepare`.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "family" not in cls.__dict__:
+            return
+        parent = parent_pipeline(cls)
+
+        def __call__(self, *args, **kwargs):  # noqa: N807 (a per-class copy, so each carries its own signature)
+            return self._controlled_call(args, kwargs)
+
+        __call__.__signature__ = _merged_signature(parent.__call__, cls.prepare)
+        __call__.__doc__ = (f"{cls.__name__}: every argument of ``{parent.__name__}.__call__`` works as there; "
+                            f"the method's own arguments are those of :meth:`{cls.__name__}.prepare`.\n\n"
+                            f"{inspect.getdoc(cls.prepare) or ''}")
+        __call__.__qualname__ = f"{cls.__name__}.__call__"
+        cls.__call__ = torch.no_grad()(__call__)
+
+    def prepare(self, call: Mapping[str, Any]) -> MethodRun:
+        """The controls for one call. ``call`` holds every parent argument (defaults applied, read-only); the
+        method's own arguments follow as keyword-only parameters of the override."""
+        raise NotImplementedError
 
     def _controlled_call(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         own = inspect.signature(type(self).prepare).parameters
@@ -235,11 +248,6 @@ class ControlledPipelineMixin:
         if not return_dict:
             return tuple(getattr(output, f.name) for f in dataclasses.fields(output))
         return run.finish(output)
-
-    def install(self, controls: Sequence[AttentionControl]):
-        """``with pipe.install(controls):`` the denoiser runs with ``controls`` (the one place a method
-        pipeline touches the core's controller)."""
-        return AttentionController(controls).installed(self.denoiser)
 
     # -- helpers methods share ------------------------------------------------------------------------------
     def default_call(self) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """The contract every attnctl pipeline keeps, on every family it supports (in the spirit of diffusers'
 ``PipelineTesterMixin``).
 
-A test class inherits :class:`PipelineContract` and sets the pipeline, the family folder's fixture and the
-method arguments that switch its control on and off; it then gets every test below. The pipeline test files
-hold only what is specific to each method.
+A test class inherits :class:`StockContract` (pipelines that wrap their family's pipeline: control off is
+that pipeline, bit for bit) or :class:`PipelineContract` (pipelines with their own sampling loop, such as
+PrimeComposer) and sets the pipeline, the family folder's fixture and the method arguments that switch its
+control on and off; it then gets every test below. The pipeline test files hold only what is specific to
+each method.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _images(pipe, **kwargs) -> torch.Tensor:
 
 
 class PipelineContract:
-    """Mixin of contract tests. Set on the subclass:
+    """Contract tests for every attnctl pipeline. Set on the subclass:
 
     * ``pipeline_class``: the method's front class (``StructuredDiffusionPipeline``);
     * ``path_fixture``: the fixture name of the family's saved tiny folder (``"tiny_sdxl_path"``);
@@ -59,15 +61,12 @@ class PipelineContract:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    @pytest.fixture(scope="class")
-    @classmethod
-    def stock(cls, pipe, path):
-        stock = parent_pipeline(type(pipe)).from_pretrained(path)
-        stock.set_progress_bar_config(disable=True)
-        return stock
+    def base_arguments(self) -> dict[str, Any]:
+        """What every call of the contract passes (a pipeline with other required inputs overrides it)."""
+        return dict(prompt=self.prompt, num_inference_steps=2, output_type="pt", generator=_generator())
 
     def run(self, pipe, control: dict[str, Any] | None = None, **kwargs):
-        arguments = dict(prompt=self.prompt, num_inference_steps=2, output_type="pt", generator=_generator())
+        arguments = self.base_arguments()
         arguments.update(self.call_kwargs)
         arguments.update(control if control is not None else {})
         arguments.update(kwargs)
@@ -94,22 +93,6 @@ class PipelineContract:
         assert type(pipe) is self.pipeline_class.variant_for(family)
         assert isinstance(pipe, parent_pipeline(type(pipe))) and pipe.model_family is family
 
-    def test_contract_signature_is_the_parents_plus_the_methods(self, pipe):
-        parameters = inspect.signature(type(pipe).__call__).parameters
-        parent = inspect.signature(parent_pipeline(type(pipe)).__call__).parameters
-        assert set(parent) <= set(parameters)
-        assert set(self.control_on) | set(self.control_off) <= set(parameters)
-
-    def test_contract_control_off_is_the_parent_pipeline_bit_for_bit(self, pipe, stock):
-        expected = self.run(stock).images
-        assert torch.equal(self.run(pipe, self.control_off).images, expected)
-
-    def test_contract_control_on_gives_a_different_finite_image(self, pipe, stock):
-        images = self.run(pipe, self.control_on).images
-        assert torch.isfinite(images).all()
-        assert not torch.equal(images, self.run(stock).images)
-        assert self.processors_are_stock(pipe)
-
     def test_contract_processors_restored_after_a_callback_raises(self, pipe):
         with pytest.raises(RuntimeError, match="stop at step 0"):
             self.run(pipe, self.control_on, **self.failing_callback(pipe))
@@ -121,15 +104,6 @@ class PipelineContract:
         loaded.set_progress_bar_config(disable=True)
         assert type(loaded) is type(pipe)
         assert torch.equal(self.run(loaded, self.control_on).images, self.run(pipe, self.control_on).images)
-
-    def test_contract_batches_and_images_per_prompt_match_single_runs(self, pipe):
-        seeds = [1, 2, 3, 4]
-        batch = self.run(pipe, self.control_on, prompt=self.prompts, num_images_per_prompt=2,
-                         generator=[_generator(s) for s in seeds]).images
-        assert batch.shape[0] == 4
-        for row, prompt in ((0, self.prompts[0]), (3, self.prompts[1])):
-            single = self.run(pipe, self.control_on, prompt=prompt, generator=_generator(seeds[row])).images
-            torch.testing.assert_close(batch[row : row + 1], single, atol=1e-4, rtol=0)
 
     def test_contract_callback_on_step_end_sees_every_step_and_its_tensors(self, pipe):
         if not self.has_step_end_callback(pipe):  # refused, never silently dropped into the parent's **kwargs
@@ -155,16 +129,52 @@ class PipelineContract:
         assert torch.equal(self.run(offloaded, self.control_on).images, expected)
         assert torch.equal(self.run(offloaded, self.control_on).images, expected)  # hooks reset properly
 
-    def test_contract_return_dict_false_is_the_parents_tuple(self, pipe, stock):
-        got = self.run(pipe, self.control_off, return_dict=False)
-        expected = self.run(stock, return_dict=False)
-        assert isinstance(got, tuple) and len(got) == len(expected) and torch.equal(got[0], expected[0])
-
     def test_contract_bad_arguments_are_clear_value_errors(self, pipe):
         cases = list(self.bad_arguments)
         if self.has_step_end_callback(pipe):
             cases.append((dict(callback_on_step_end_tensor_inputs=["no_such_tensor"]), "no_such_tensor"))
         for kwargs, message in cases:
             with pytest.raises(ValueError, match=message):
-                self.run(pipe, self.control_on, num_inference_steps=1, **kwargs)
+                self.run(pipe, self.control_on, **kwargs)
         assert self.processors_are_stock(pipe)
+
+
+class StockContract(PipelineContract):
+    """The contract of pipelines that run their family's diffusers pipeline with controls installed around it."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def stock(cls, pipe, path):
+        stock = parent_pipeline(type(pipe)).from_pretrained(path)
+        stock.set_progress_bar_config(disable=True)
+        return stock
+
+    def test_contract_signature_is_the_parents_plus_the_methods(self, pipe):
+        parameters = inspect.signature(type(pipe).__call__).parameters
+        parent = inspect.signature(parent_pipeline(type(pipe)).__call__).parameters
+        assert set(parent) <= set(parameters)
+        assert set(self.control_on) | set(self.control_off) <= set(parameters)
+
+    def test_contract_control_off_is_the_parent_pipeline_bit_for_bit(self, pipe, stock):
+        expected = self.run(stock).images
+        assert torch.equal(self.run(pipe, self.control_off).images, expected)
+
+    def test_contract_control_on_gives_a_different_finite_image(self, pipe, stock):
+        images = self.run(pipe, self.control_on).images
+        assert torch.isfinite(images).all()
+        assert not torch.equal(images, self.run(stock).images)
+        assert self.processors_are_stock(pipe)
+
+    def test_contract_batches_and_images_per_prompt_match_single_runs(self, pipe):
+        seeds = [1, 2, 3, 4]
+        batch = self.run(pipe, self.control_on, prompt=self.prompts, num_images_per_prompt=2,
+                         generator=[_generator(s) for s in seeds]).images
+        assert batch.shape[0] == 4
+        for row, prompt in ((0, self.prompts[0]), (3, self.prompts[1])):
+            single = self.run(pipe, self.control_on, prompt=prompt, generator=_generator(seeds[row])).images
+            torch.testing.assert_close(batch[row : row + 1], single, atol=1e-4, rtol=0)
+
+    def test_contract_return_dict_false_is_the_parents_tuple(self, pipe, stock):
+        got = self.run(pipe, self.control_off, return_dict=False)
+        expected = self.run(stock, return_dict=False)
+        assert isinstance(got, tuple) and len(got) == len(expected) and torch.equal(got[0], expected[0])

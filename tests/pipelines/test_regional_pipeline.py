@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from contract import PipelineContract
+from contract import StockContract
 from diffusers import StableDiffusionPipeline
 
 from attnctl import RegionalDiffusionPipeline
@@ -20,7 +20,7 @@ BAD_REGIONS = [
 ]
 
 
-class RegionalContract(PipelineContract):
+class RegionalContract(StockContract):
     pipeline_class = RegionalDiffusionPipeline
     prompt = PROMPT
     prompts = [PROMPT, PROMPT]  # phrases are located in every prompt of a batch

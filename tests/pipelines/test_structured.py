@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from contract import PipelineContract
+from contract import StockContract
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -22,7 +22,7 @@ STRUCTURED_BAD_ARGUMENTS = [
 ]
 
 
-class StructuredContract(PipelineContract):
+class StructuredContract(StockContract):
     pipeline_class = StructuredDiffusionPipeline
     control_on = {"struct_mode": "values"}
     control_off = {"struct_mode": None}
