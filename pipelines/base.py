@@ -31,7 +31,8 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DiffusionPipeline
 
-from attnctl.core import AttentionCall, AttentionControl, AttentionController, AttentionStore, TokenHeatmaps
+from attnctl.core import AttentionControl, AttentionController, AttentionStore, TokenHeatmaps, guidance_rows
+from attnctl.core.rows import RowLayout
 from attnctl.models.families import Family, detect_family, get_family
 
 
@@ -191,10 +192,10 @@ class FamilyPipelineMixin:
         variant = cls.variant_for(detect_family(pretrained_model_name_or_path))
         return super(FamilyPipelineMixin, variant).from_pretrained(pretrained_model_name_or_path, **kwargs)
 
-    def install(self, controls: Sequence[AttentionControl]):
-        """``with pipe.install(controls):`` the denoiser runs with ``controls`` (the one place a method
-        pipeline touches the core's controller)."""
-        return AttentionController(controls).installed(self.denoiser)
+    def install(self, controls: Sequence[AttentionControl], rows: RowLayout | None = None):
+        """``with pipe.install(controls, rows):`` the denoiser runs with ``controls`` and every pass's batch
+        declared as ``rows`` (the one place a method pipeline touches the core's controller)."""
+        return AttentionController(controls, rows=rows).installed(self.denoiser)
 
 
 class ControlledPipelineMixin(FamilyPipelineMixin):
@@ -241,7 +242,7 @@ class ControlledPipelineMixin(FamilyPipelineMixin):
         run = self.prepare(_ReadOnly(call), **method_kwargs)
         return_dict = passed.pop("return_dict", True)
         if run.controls:
-            with self.install(run.controls):
+            with self.install(run.controls, guidance_rows(self.conditional_row_count(call))):
                 output = parent.__call__(self, **passed, return_dict=True)
         else:
             output = parent.__call__(self, **passed, return_dict=True)
@@ -255,18 +256,14 @@ class ControlledPipelineMixin(FamilyPipelineMixin):
         parameters = inspect.signature(parent_pipeline(type(self)).__call__).parameters.values()
         return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
-    def conditional_rows(self, call: Mapping[str, Any]) -> Callable[[AttentionCall], slice]:
-        """Row selector of the conditional rows: the second half of a ``[uncond, cond]`` guidance batch, as the
-        SD, SDXL and PixArt pipelines lay it out, or every row without classifier-free guidance."""
+    def conditional_row_count(self, call: Mapping[str, Any]) -> int:
+        """How many conditional rows a pass holds: prompts (or prompt_embeds rows) x images per prompt.
 
-        def rows(attention: AttentionCall) -> slice:
-            if hasattr(type(self), "do_classifier_free_guidance"):  # SD/SDXL: the parent's own decision
-                guided = self.do_classifier_free_guidance
-            else:  # PixArt decides in a local variable: guidance_scale > 1
-                guided = call["guidance_scale"] > 1.0
-            return slice(attention.batch_size // 2, None) if guided else slice(None)
-
-        return rows
+        The families' pipelines batch ``[uncond, cond]`` when guided, cond only otherwise
+        (:func:`attnctl.core.guidance_rows` declares both); controls read ``call.rows["cond"]``."""
+        prompts = self.prompt_list(call)
+        count = len(prompts) if prompts is not None else call["prompt_embeds"].shape[0]
+        return count * (call.get("num_images_per_prompt") or 1)
 
     def image_size(self, call: Mapping[str, Any]) -> tuple[int, int]:
         """(height, width) in pixels the call generates, with the parent's defaults."""

@@ -26,6 +26,7 @@ from attnctl.composer import (
     check_token_indices,
     words_token_indices,
 )
+from attnctl.core import AttentionCall
 
 from .base import ControlledPipelineMixin, MethodRun
 
@@ -57,6 +58,11 @@ def check_region_box(box: Box, index: int) -> tuple[float, float, float, float]:
         raise ValueError(f"regions[{index}] box {tuple(box)} is empty or outside the image; pass normalised "
                          "(x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
     return values
+
+
+def conditional_rows(call: AttentionCall) -> slice:
+    """The rows the pipeline declared conditional (the unconditional half of a guidance batch stays stock)."""
+    return call.rows["cond"]
 
 
 class RegionalMethod(ControlledPipelineMixin):
@@ -100,7 +106,7 @@ class RegionalMethod(ControlledPipelineMixin):
         if regions:
             controls.append(RegionConstrainedCrossAttention(
                 [TokenRegion(tuple(t), lambda grid, box=box: box_cells(box, grid)) for t, box in zip(tokens, boxes)],
-                self.conditional_rows(call), first_token=self.family_text.offset))
+                conditional_rows, first_token=self.family_text.offset))
 
         def finish(output) -> RegionalDiffusionPipelineOutput:
             size = self.image_size(call)

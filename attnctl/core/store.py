@@ -3,6 +3,10 @@
 :class:`AttentionStore` is an *observe* control: on the cross-attention layers it selects it asks for the
 probabilities, averages them over heads, resizes each layer's map to the latent grid and accumulates a
 running mean over layers and steps. Only the selected layers pay for materialised probabilities.
+
+On joint attention (SD3, Flux) it reads the image-query x text-key block (``call.cross``) and renormalises
+each query's row over the text keys, so a map is, as in cross-attention, each pixel's distribution over the
+text tokens.
 """
 
 from __future__ import annotations
@@ -55,9 +59,11 @@ class AttentionStore(AttentionControl):
 
     def observe(self, call: AttentionCall, probs: torch.Tensor) -> None:
         height, width = call.grid
-        maps = probs.float().mean(dim=1)  # (batch, heads, q, text) -> (batch, q, text)
+        maps = call.cross(probs).float().mean(dim=1)  # (batch, heads, q, text) -> (batch, q, text)
+        if call.is_joint:  # the joint softmax also spans image keys: renormalise over the text keys
+            maps = maps / maps.sum(-1, keepdim=True).clamp_min(1e-12)
         maps = maps.transpose(1, 2).reshape(maps.shape[0], -1, height, width)  # (batch, text, h, w)
-        target = call.controller.sample_hw or (height, width)
+        target = call.run.sample_hw or (height, width)
         if (height, width) != tuple(target):
             maps = F.interpolate(maps, size=target, mode="bilinear", align_corners=False)
         maps = maps.detach().cpu()
