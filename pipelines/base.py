@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DiffusionPipeline
 
+from attnctl.composer.tokens import check_token_indices, words_token_indices
 from attnctl.core import AttentionControl, AttentionController, AttentionStore, TokenHeatmaps, guidance_rows
 from attnctl.core.rows import RowLayout
 from attnctl.models.families import Family, detect_family, get_family
@@ -76,7 +77,23 @@ class FamilyText:
 
     def encode(self, pipe: DiffusionPipeline, texts: list[str], call: Mapping[str, Any]) -> torch.Tensor:
         """(texts, tokens, dim): each text encoded alone, as the attention layers receive a prompt's states."""
-        raise NotImplementedError
+        raise ValueError(f"{type(pipe).__name__}: encoding phrases apart is not implemented for this family "
+                         "(docs/structured.md defines structured guidance on joint attention)")
+
+    def word_positions(self, pipe: DiffusionPipeline, prompt: str, words: str | Sequence[str], name: str,
+                       call: Mapping[str, Any]) -> list[int]:
+        """Text-key positions of every occurrence of ``words`` in ``prompt`` (``ValueError`` if one is missing)."""
+        return words_token_indices(self.tokenizer(pipe), prompt, words, name, self.offset,
+                                   self.sequence_length(pipe, call))
+
+    def check_positions(self, positions: Sequence[int], name: str, pipe: DiffusionPipeline,
+                        call: Mapping[str, Any]) -> list[int]:
+        """Explicit text-key positions, validated against the key sequence (a start token cannot be named)."""
+        return check_token_indices(positions, self.key_length(pipe, call), name, self.offset)
+
+    def key_length(self, pipe: DiffusionPipeline, call: Mapping[str, Any]) -> int:
+        """How many text keys the image queries read."""
+        return self.sequence_length(pipe, call)
 
 
 class SDText(FamilyText):
@@ -117,7 +134,38 @@ class PixArtText(FamilyText):
         return pipe.transformer.caption_projection(embeds.to(pipe.transformer.dtype))
 
 
-FAMILY_TEXT: dict[str, FamilyText] = {"sd": SDText(), "sdxl": SDXLText(), "pixart": PixArtText()}
+class FluxText(FamilyText):
+    """Flux: only T5 (``tokenizer_2``) reaches attention, no start token; CLIP gives the pooled vector."""
+
+    tokenizer_attribute = "tokenizer_2"
+    offset = 0
+
+    def sequence_length(self, pipe, call):
+        return call["max_sequence_length"]
+
+    def max_tokens(self, pipe, call):
+        return call["max_sequence_length"] - 1
+
+
+class SD3Text(FamilyText):
+    """SD3/3.5: 77 CLIP rows (start token first), then the T5 rows (``tokenizer_3``, no start token). A word
+    sits twice in the text keys: in the CLIP rows and in the T5 rows."""
+
+    def t5_positions(self, pipe, prompt, words, name, call) -> list[int]:
+        clip_rows = pipe.tokenizer_max_length
+        found = words_token_indices(pipe.tokenizer_3, prompt, words, name, 0, call["max_sequence_length"])
+        return [clip_rows + p for p in found]
+
+    def word_positions(self, pipe, prompt, words, name, call):
+        return super().word_positions(pipe, prompt, words, name, call) + self.t5_positions(
+            pipe, prompt, words, name, call)
+
+    def key_length(self, pipe, call):
+        return pipe.tokenizer_max_length + call["max_sequence_length"]
+
+
+FAMILY_TEXT: dict[str, FamilyText] = {"sd": SDText(), "sdxl": SDXLText(), "pixart": PixArtText(), "sd3": SD3Text(),
+                                      "flux": FluxText()}
 
 
 def parent_pipeline(cls: type) -> type:
@@ -267,8 +315,8 @@ class ControlledPipelineMixin(FamilyPipelineMixin):
 
     def image_size(self, call: Mapping[str, Any]) -> tuple[int, int]:
         """(height, width) in pixels the call generates, with the parent's defaults."""
-        config = self.denoiser.config
-        default = config.sample_size * self.vae_scale_factor
+        sample = getattr(self, "default_sample_size", None) or self.denoiser.config.sample_size
+        default = sample * self.vae_scale_factor
         return call.get("height") or default, call.get("width") or default
 
     def prompt_list(self, call: Mapping[str, Any]) -> list[str] | None:

@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import PixArtSigmaPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    FluxPipeline,
+    PixArtSigmaPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.utils import BaseOutput
 
-from attnctl.composer import (
-    RegionConstrainedCrossAttention,
-    TokenRegion,
-    box_cells,
-    check_token_indices,
-    words_token_indices,
-)
+from attnctl.composer import RegionConstrainedCrossAttention, TokenRegion, box_cells
 from attnctl.core import AttentionCall
 
 from .base import ControlledPipelineMixin, MethodRun
@@ -61,31 +61,36 @@ def check_region_box(box: Box, index: int) -> tuple[float, float, float, float]:
 
 
 def conditional_rows(call: AttentionCall) -> slice:
-    """The rows the pipeline declared conditional (the unconditional half of a guidance batch stays stock)."""
-    return call.rows["cond"]
+    """The rows the pipeline declared conditional (the unconditional half of a guidance batch stays stock;
+    so does Flux's separate true-CFG ``"uncond"`` pass)."""
+    return slice(0, 0) if call.branch == "uncond" else call.rows["cond"]
 
 
 class RegionalMethod(ControlledPipelineMixin):
     """Region-constrained cross-attention, whatever the family; the variants below pick the parent pipeline."""
 
-    def region_tokens(self, prompt: str | None, regions: Sequence[RegionInput], call: Mapping[str, Any] | None = None
-                      ) -> list[list[int]]:
-        """Token positions of each region's phrase in ``prompt`` (or its explicit positions), counted in the
-        text keys: CLIP's start token is position 0, a T5 prompt's first word is. ``call``: the pipeline
-        call's arguments (T5 families: its ``max_sequence_length``)."""
-        text = self.family_text
-        tokenizer, first = text.tokenizer(self), text.offset
-        length = text.sequence_length(self, call or self.default_call())
+    def region_tokens(self, prompt: str | list[str] | None, regions: Sequence[RegionInput],
+                      call: Mapping[str, Any] | None = None) -> list[list[int]]:
+        """Text-key positions of each region's phrase in ``prompt`` (or its explicit positions): CLIP's start
+        token is position 0, a T5 prompt's first word is; SD3 has both (77 CLIP rows, then T5). With several
+        prompts the phrase must sit at the same positions in each. ``call``: the pipeline call's arguments
+        (T5 families: its ``max_sequence_length``)."""
+        text, call = self.family_text, call or self.default_call()
+        prompts = [prompt] if isinstance(prompt, str) else prompt
         tokens = []
         for index, (phrase, _) in enumerate(regions):
             name = f"regions[{index}]"
             if isinstance(phrase, str):
-                if not isinstance(prompt, str):
-                    raise ValueError(f"{name} names a phrase, which needs one prompt string; with prompt_embeds or "
-                                     "several prompts give token positions instead")
-                tokens.append(words_token_indices(tokenizer, prompt, phrase, name, first, length))
+                if not prompts:
+                    raise ValueError(f"{name} names a phrase, which needs the prompt text; with prompt_embeds give "
+                                     "token positions instead")
+                found = [text.word_positions(self, p, phrase, name, call) for p in prompts]
+                if any(positions != found[0] for positions in found):
+                    raise ValueError(f"{name}: {phrase!r} sits at different token positions in the prompts {found}; "
+                                     "one box per call confines the same positions in every prompt")
+                tokens.append(found[0])
             else:
-                tokens.append(check_token_indices(phrase, length, name, first))
+                tokens.append(text.check_positions(phrase, name, self, call))
         return tokens
 
     def prepare(self, call: Mapping[str, Any], *, regions: Sequence[RegionInput] | None = None) -> MethodRun:
@@ -135,3 +140,17 @@ class RegionalPixArtSigmaPipeline(RegionalMethod, PixArtSigmaPipeline):
     """Each listed phrase confined to a box on PixArt-Sigma (T5 positions: the first word is position 0)."""
 
     family = "pixart"
+
+
+class RegionalStableDiffusion3Pipeline(RegionalMethod, StableDiffusion3Pipeline):
+    """Each listed phrase confined to a box on SD3/3.5: joint attention, image queries x the phrase's CLIP and
+    T5 keys; text queries are never constrained."""
+
+    family = "sd3"
+
+
+class RegionalFluxPipeline(RegionalMethod, FluxPipeline):
+    """Each listed phrase confined to a box on Flux: joint attention (double and single stream), image queries x
+    the phrase's T5 keys; text queries are never constrained."""
+
+    family = "flux"

@@ -24,7 +24,7 @@ class RegionalContract(StockContract):
     pipeline_class = RegionalDiffusionPipeline
     prompt = PROMPT
     prompts = [PROMPT, PROMPT]  # phrases are located in every prompt of a batch
-    control_on = {"regions": [([2, 3], (0.0, 0.0, 0.5, 1.0)), ([7, 8], (0.5, 0.0, 1.0, 0.5))]}
+    control_on = {"regions": [("red car", (0.0, 0.0, 0.5, 1.0)), ("blue bird", (0.5, 0.0, 1.0, 0.5))]}
     control_off = {"regions": None}
     bad_arguments = [(dict(regions=regions), message) for regions, message in BAD_REGIONS]
 
@@ -39,9 +39,22 @@ class TestRegionalSDXL(RegionalContract):
 
 class TestRegionalPixArt(RegionalContract):
     path_fixture = "tiny_pixart_path"
-    control_on = {"regions": [([0, 1, 2], (0.0, 0.0, 0.5, 1.0)), ([6, 7], (0.5, 0.0, 1.0, 0.5))]}
     call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH, "clean_caption": False,
                    "use_resolution_binning": False}
+
+
+class TestRegionalSD3(RegionalContract):
+    path_fixture = "tiny_sd3_path"
+    call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+
+
+class TestRegionalSD35(TestRegionalSD3):
+    path_fixture = "tiny_sd35_path"
+
+
+class TestRegionalFlux(RegionalContract):
+    path_fixture = "tiny_flux_path"
+    call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +102,13 @@ def test_explicit_positions_cannot_name_the_start_token(pipe):
         _run(pipe, regions=[([0, 2], (0, 0, 1, 1))])
 
 
-def test_t5_positions_start_at_the_first_word(tiny_pixart_path):
-    pipe = RegionalDiffusionPipeline.from_pretrained(tiny_pixart_path)
-    assert pipe.region_tokens(PROMPT, [("a red car", (0, 0, 1, 1)), ("blue bird", (0, 0, 1, 1))]) == [[0, 1, 2], [6, 7]]
+def test_t5_positions_start_at_the_first_word(tiny_pixart_path, tiny_flux_path):
+    for path in (tiny_pixart_path, tiny_flux_path):
+        pipe = RegionalDiffusionPipeline.from_pretrained(path)
+        assert pipe.region_tokens(PROMPT, [("a red car", (0, 0, 1, 1)), ("blue bird", (0, 0, 1, 1))]) == [
+            [0, 1, 2], [6, 7]]
+
+
+def test_sd3_phrases_sit_in_the_clip_rows_and_in_the_t5_rows(tiny_sd3_path):
+    pipe = RegionalDiffusionPipeline.from_pretrained(tiny_sd3_path)
+    assert pipe.region_tokens(PROMPT, [("blue bird", (0, 0, 1, 1))]) == [[7, 8, 77 + 6, 77 + 7]]
