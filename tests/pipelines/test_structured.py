@@ -127,3 +127,34 @@ def test_overlong_prompt_is_truncated_with_warnings(pipe, caplog):
         out = _images(pipe, prompt, phrases=["a blue bench", "a green cat"], num_inference_steps=1)
     assert [p.text for p in out.phrases[0]] == ["a blue bench"]
     assert "past the tokenizer's limit" in caplog.text
+
+
+T5_CALL = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+FAMILY_CALLS = {
+    "tiny_sd_path": {}, "tiny_sdxl_path": {}, "tiny_sd3_path": T5_CALL, "tiny_sd35_path": T5_CALL,
+    "tiny_flux_path": T5_CALL,
+    "tiny_pixart_path": T5_CALL | {"clean_caption": False, "use_resolution_binning": False},
+}
+
+
+@pytest.mark.parametrize("fixture", list(FAMILY_CALLS))
+def test_attention_maps_on_every_family_are_labelled_per_prompt_token(fixture, request):
+    pipe = StructuredDiffusionPipeline.from_pretrained(request.getfixturevalue(fixture))
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, output_type="pt", num_images_per_prompt=2, **FAMILY_CALLS[fixture])
+    out = pipe(PROMPT, struct_mode=None, return_attention_maps=True, generator=_gen(), **kwargs)
+    stock = pipe(PROMPT, struct_mode=None, generator=_gen(), **kwargs)
+    torch.testing.assert_close(out.images, stock.images, atol=1e-4, rtol=0)  # recording does not steer
+    height, width = out.images.shape[-2:]
+    assert len(out.attention_maps) == 2
+    for heatmaps in out.attention_maps:
+        assert heatmaps.tokens == PROMPT.split()
+        assert heatmaps.maps.shape == (7, height, width) and torch.isfinite(heatmaps.maps).all()
+        assert heatmaps.maps.sum() > 0
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd3_path", "tiny_flux_path"])
+def test_structured_guidance_on_joint_attention_is_refused_clearly(fixture, request):
+    pipe = StructuredDiffusionPipeline.from_pretrained(request.getfixturevalue(fixture))
+    with pytest.raises(ValueError, match="struct_mode='values': structured guidance on .* not implemented yet"):
+        pipe(PROMPT, num_inference_steps=1, **T5_CALL)
