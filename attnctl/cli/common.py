@@ -27,13 +27,23 @@ def quiet_import_notices() -> None:
         logger.addFilter(drop_torchvision_notice)
 
 
-def resolve_model(model: str | None) -> str:
-    """``--model``: an existing local folder, a Hugging Face hub id (``org/name``), or the embedded default.
+def _embedded_aliases() -> tuple[str, ...]:
+    """Aliases of the embedded models (none when this installation has no ``attnctl.models.default``)."""
+    try:
+        from attnctl.models.default import EMBEDDED_MODELS
+    except ImportError:
+        return ()
+    return tuple(EMBEDDED_MODELS)
 
-    Raises ``ValueError`` for a path that does not exist or is not a diffusers pipeline folder, and when no
-    model is given and this installation has no embedded default model.
+
+def resolve_model(model: str | None) -> str:
+    """``--model``: an existing local folder, a Hugging Face hub id (``org/name``), an embedded model's alias
+    (``default``, ``clip``: ``attnctl.models.default.EMBEDDED_MODELS``), or none for the embedded default.
+
+    Raises ``ValueError`` for a path that does not exist or is not a diffusers pipeline folder, and when the
+    embedded model asked for (or, with no model, the default) is not installed.
     """
-    if model is None:
+    if model is None or model in _embedded_aliases():
         try:
             from attnctl.models.default import default_model_path
         except ImportError:
@@ -42,7 +52,7 @@ def resolve_model(model: str | None) -> str:
                 "--model <diffusers folder or hub id>"
             ) from None
         try:
-            return str(default_model_path())
+            return str(default_model_path(model or "default"))
         except OSError as err:
             raise ValueError(f"{err}; or pass --model <diffusers folder or hub id>") from None
     path = Path(model).expanduser()
