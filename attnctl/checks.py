@@ -110,7 +110,7 @@ class Choice:
         return value
 
     def describe(self) -> str:
-        return " | ".join("null" if o is None else f'"{o}"' for o in self.options)
+        return ", ".join("null" if o is None else f'"{o}"' if isinstance(o, str) else str(o) for o in self.options)
 
 
 @dataclass(frozen=True)
@@ -355,6 +355,18 @@ def image_unit(name: str, value: Any) -> np.ndarray:
     return unit
 
 
+def read_image(name: str, path: str) -> Any:
+    """The image in the file at ``path``, loaded as it is stored (mode and depth kept for the converters)."""
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (PIL.UnidentifiedImageError, OSError) as err:
+        raise fail(name, path, f"an image file PIL can read (PNG, JPEG, ...): {type(err).__name__}") from None
+
+
 def rgb_image(name: str, value: Any) -> Any:
     """A PIL RGB 8-bit image from any image input: 16-bit scaled to 8 bits, alpha dropped, grey made RGB."""
     import PIL.Image
@@ -472,12 +484,49 @@ def _mask_input(name: str, value: Any) -> None:
         mask_array(name, value)
 
 
-def _kind(kind: Any):
-    return lambda name, value, pipe: kind(name, value)
+#: The kind of every plain pipeline argument: its one limit, read by :func:`check_call`, by the method specs
+#: (:mod:`attnctl.spec`: a job field mapped to the argument takes this kind) and so by the CLI and the UI.
+ARGUMENT_KINDS: dict[str, Any] = {
+    "num_inference_steps": Integer(1, MAX_STEPS),
+    "native_num_inference_steps": Integer(1, MAX_STEPS),
+    "guidance_scale": Number(0.0, MAX_GUIDANCE),
+    "guidance_scale_2": Number(0.0, MAX_GUIDANCE),
+    "guidance_rescale": Number(0.0, 1.0),
+    "eta": Number(0.0, 1.0),
+    "num_images_per_prompt": Integer(1, MAX_BATCH),
+    "num_videos_per_prompt": Integer(1, MAX_BATCH),
+    "num_frames": Integer(1, 10_000),
+    "strength": Number(0.0, 1.0, open_low=True),
+    "cache_interval": Integer(1, MAX_STEPS),
+    "refine_flow_shift": Number(0.0, 1e6, open_low=True),
+    "max_sequence_length": Integer(1, 100_000),
+    "clip_skip": Integer(0, 1_000),
+    "tau_a": Number(0.0, 1.0),
+    "tau_b": Number(0.0, 1.0),
+    "tau_c": Number(0.0, 1.0),
+    "solver_order": Choice((1, 2)),
+    "seed": Integer(0, MAX_SEED),
+    "output_type": Choice(("pil", "np", "pt", "latent")),
+    "return_dict": Flag(),
+    "return_attention_maps": Flag(),
+    "faithful": Flag(),
+    "dual_path": Flag(),
+    "guide_uncond": Flag(),
+    "rca": Flag(),
+    "domain": Choice(("same", "cross")),
+    "struct_mode": Choice(("values", "keys", None)),
+    "target_box": Box(),
+}
+#: Arguments whose ``None`` means "the pipeline's default" (or "off").
+OPTIONAL_ARGUMENTS = frozenset({
+    "native_num_inference_steps", "guidance_scale_2", "num_images_per_prompt", "num_videos_per_prompt",
+    "strength", "refine_flow_shift", "clip_skip", "seed", "rca", "target_box",
+})
 
 
-def _optional(kind: Any):
-    return _kind(Optional(kind))
+def _argument_check(name: str, kind: Any):
+    kind = Optional(kind) if name in OPTIONAL_ARGUMENTS else kind
+    return lambda argument, value, pipe: kind(argument, value)
 
 
 def _plain(check):
@@ -487,41 +536,13 @@ def _plain(check):
 #: What every pipeline argument attnctl knows by name must hold: ``name -> check(name, value, pipe)``.
 #: ``height``/``width`` and the native sizes are checked against the pipeline's pixel multiple.
 PIPELINE_ARGUMENTS: dict[str, Any] = {
+    **{name: _argument_check(name, kind) for name, kind in ARGUMENT_KINDS.items()},
     "prompt": _plain(prompts),
     "negative_prompt": _plain(prompts),
-    "num_inference_steps": _kind(Integer(1, MAX_STEPS)),
-    "native_num_inference_steps": _optional(Integer(1, MAX_STEPS)),
-    "guidance_scale": _kind(Number(0.0, MAX_GUIDANCE)),
-    "guidance_scale_2": _optional(Number(0.0, MAX_GUIDANCE)),
-    "guidance_rescale": _kind(Number(0.0, 1.0)),
-    "eta": _kind(Number(0.0, 1.0)),
-    "num_images_per_prompt": _optional(Integer(1, MAX_BATCH)),
-    "num_videos_per_prompt": _optional(Integer(1, MAX_BATCH)),
-    "num_frames": _kind(Integer(1, 10_000)),
-    "strength": _optional(Number(0.0, 1.0, open_low=True)),
-    "cache_interval": _kind(Integer(1, MAX_STEPS)),
     "attention_scale": _plain(_attention_scale),
-    "refine_flow_shift": _optional(Number(0.0, 1e6, open_low=True)),
-    "max_sequence_length": _kind(Integer(1, 100_000)),
-    "clip_skip": _optional(Integer(0, 1_000)),
-    "tau_a": _kind(Number(0.0, 1.0)),
-    "tau_b": _kind(Number(0.0, 1.0)),
-    "tau_c": _kind(Number(0.0, 1.0)),
-    "solver_order": _kind(Choice((1, 2))),
-    "seed": _optional(Integer(0, MAX_SEED)),
-    "output_type": _kind(Choice(("pil", "np", "pt", "latent"))),
-    "return_dict": _kind(Flag()),
-    "return_attention_maps": _kind(Flag()),
-    "faithful": _kind(Flag()),
-    "dual_path": _kind(Flag()),
-    "guide_uncond": _kind(Flag()),
-    "rca": _optional(Flag()),
-    "domain": _kind(Choice(("same", "cross"))),
-    "struct_mode": _kind(Choice(("values", "keys", None))),
     "phrases": _plain(_phrases),
     "regions": _plain(_regions),
     "subject_words": _plain(_words),
-    "target_box": _optional(Box()),
     "image": _plain(_image_input),
     "subject_image": _plain(_image_input),
     "subject_mask": _plain(_mask_input),

@@ -6,7 +6,7 @@ import argparse
 import importlib
 from typing import Any
 
-from .common import EXIT_OK, resolve_model
+from .common import EXIT_OK, model_argument
 
 
 def add_parser(commands: Any) -> None:
@@ -38,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
     """Start the app and block until it is closed."""
     if args.port is not None and not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port}: expected 1 to 65535")
-    model = resolve_model(args.model) if args.model is not None else None  # None: the app's default model
+    model = model_argument(args.model) if args.model is not None else None  # None: the app's default model
     load_launch()(model=model, host=args.host, port=args.port, share=args.share)
     return EXIT_OK
