@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+#: ``attnctl.layout.MODES`` and ``SPECIAL_MASKS``, repeated so this module stays free of torch (a test ties them).
+LAYOUT_MODES = ("forbid", "bias", "prompts")
+SPECIAL_MASKS = ("off", "boxes", "all")
 #: Seeds are non-negative and below 2**63 so that ``seed + sample`` stays inside ``torch.Generator``'s range.
 MAX_SEED = 2**63 - 1
 
@@ -93,6 +96,18 @@ def _text_list(name: str) -> Callable[[Any], list[str]]:
     return check
 
 
+def _number_list(name: str, low: float) -> Callable[[Any], list[float]]:
+    def check(value: Any) -> list[float]:
+        ok = isinstance(value, list) and bool(value) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > low for v in value
+        )
+        if not ok:
+            raise _fail(name, value, f"a non-empty list of numbers above {low}, e.g. [1.0, 2.0]")
+        return [float(v) for v in value]
+
+    return check
+
+
 def _json_kind(name: str, kind: type, example: str) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if not isinstance(value, kind):
@@ -159,6 +174,17 @@ FIELDS: dict[str, Field] = _fields(
     Field("phrases", _text_list("phrases"), "noun phrases (structured) or region phrases (regional)"),
     Field("struct_mode", _choice("struct_mode", ("values", "keys", None)), 'structured mode: "values", "keys", null'),
     Field("boxes", _boxes("boxes"), "regional: one box [x0, y0, x1, y1] in pixels per phrase"),
+    Field("layout_mode", _choice("layout_mode", LAYOUT_MODES),
+          'regional: "forbid" (mask phrases outside boxes), "bias" (eDiff-I paint-with-words), "prompts"'),
+    Field("layout_strength", _number("layout_strength", 0.0, 100.0), "regional bias: eDiff-I's strength w"),
+    Field("layout_until", _number("layout_until", 0.0, 1.0, open_low=True),
+          "regional bias: fraction of the steps that get the bias"),
+    Field("mask_special", _choice("mask_special", SPECIAL_MASKS),
+          'regional: drop end-of-text and padding keys: "off", "boxes", "all"'),
+    Field("region_prompts", _text_list("region_prompts"), "regional prompts: one prompt per box"),
+    Field("base_prompt", _text("base_prompt"), "regional prompts: prompt for the whole image (default: prompt)"),
+    Field("base_ratio", _number("base_ratio", 0.0, 1.0), "regional prompts: base prompt's share inside boxes"),
+    Field("region_weights", _number_list("region_weights", 0.0), "regional prompts: one weight per box"),
     Field("background", _text("background"), "compose: background image file", is_path=True),
     Field("subject", _text("subject"), "compose: subject image file", is_path=True),
     Field("subject_mask", _text("subject_mask"), "compose: subject segmentation mask file", is_path=True),

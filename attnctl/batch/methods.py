@@ -229,8 +229,13 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "regional", "attnctl.pipelines.regional", "RegionalDiffusionPipeline", "image",
-            "layout-guided text-to-image: each phrase confined to its box (fields: phrases, boxes)",
-            arguments={"phrases": "phrases", "boxes": "boxes"},
+            "layout-guided text-to-image, each phrase in its box (fields: phrases, boxes, layout_mode, "
+            "layout_strength, layout_until, mask_special, region_prompts, base_prompt, base_ratio, region_weights)",
+            arguments={
+                "phrases": "phrases", "boxes": "boxes", **{name: name for name in (
+                    "layout_mode", "layout_strength", "layout_until", "mask_special", "region_prompts",
+                    "base_prompt", "base_ratio", "region_weights")},
+            },
             combine=_regions,
             combined_arguments=("regions",),
         ),
