@@ -140,6 +140,23 @@ class TextList:
 
 
 @dataclass(frozen=True)
+class NumberList:
+    """A non-empty list of finite numbers above ``low``."""
+
+    low: float
+
+    def __call__(self, name: str, value: Any) -> list[float]:
+        ok = isinstance(value, (list, tuple)) and bool(value) and all(
+            _real(v) and math.isfinite(v) and v > self.low for v in value)
+        if not ok:
+            raise fail(name, value, f"a non-empty list of numbers above {self.low:g}, e.g. [1.0, 2.0]")
+        return [float(v) for v in value]
+
+    def describe(self) -> str:
+        return f"list of numbers > {self.low:g}"
+
+
+@dataclass(frozen=True)
 class Size:
     """A size in pixels: an int (square) or ``"WIDTHxHEIGHT"``, both multiples of ``multiple``, each side at most
     :data:`MAX_SIDE`; normalised to ``(width, height)``."""

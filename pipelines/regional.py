@@ -1,6 +1,7 @@
 """``RegionalDiffusionPipeline``: layout-guided text-to-image with region-constrained cross-attention.
 
-The text-only use of PrimeComposer's RCA (spec Sec. 6): each listed phrase's tokens may only be attended to from the
+Modes of one regional control (``layout_mode``, see ``docs/layout.md``). The default, ``"forbid"``, is the
+text-only use of PrimeComposer's RCA (spec Sec. 6): each listed phrase's tokens may only be attended to from the
 token-grid cells inside its box, in every cross-attention layer and at every step, on the conditional half of the
 guidance batch. A subclass of diffusers' ``StableDiffusionPipeline`` whose ``__call__`` keeps every parent argument
 and adds ``regions``; processors are swapped only for the duration of the call.
@@ -21,16 +22,9 @@ from diffusers.image_processor import PipelineImageInput
 from diffusers.utils import BaseOutput
 
 from attnctl.checks import check_call
-from attnctl.composer import (
-    RegionConstrainedCrossAttention,
-    TokenRegion,
-    all_rows,
-    box_cells,
-    check_token_indices,
-    conditional_half,
-    words_token_indices,
-)
+from attnctl.composer import all_rows, box_cells, check_token_indices, conditional_half, words_token_indices
 from attnctl.core import AttentionCall, AttentionController
+from attnctl.layout import LayoutSettings, layout_controls
 
 Box = Sequence[float]
 RegionInput = tuple[str | Sequence[int], Box]
@@ -79,6 +73,14 @@ class RegionalDiffusionPipeline(StableDiffusionPipeline):
                 tokens.append(check_token_indices(phrase, self.tokenizer.model_max_length, name))
         return tokens
 
+    def region_encodings(self, settings: LayoutSettings, regions: Sequence[RegionInput], clip_skip: int | None):
+        """(regions, tokens, dim): each region prompt (default: its phrase) through the text encoder."""
+        texts = settings.region_prompts or [phrase for phrase, _ in regions]
+        if not all(isinstance(text, str) for text in texts):
+            raise ValueError("layout_mode='prompts' needs a prompt per region: give region_prompts when regions "
+                             "name token positions")
+        return self.encode_prompt(list(texts), self._execution_device, 1, False, clip_skip=clip_skip)[0]
+
     def _rows(self, call: AttentionCall) -> slice:
         return conditional_half(call) if self.do_classifier_free_guidance else all_rows(call)
 
@@ -109,6 +111,14 @@ class RegionalDiffusionPipeline(StableDiffusionPipeline):
         callback_on_step_end: Callable[[int, int], None] | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (the parent's default)
         regions: Sequence[RegionInput] | None = None,
+        layout_mode: str = "forbid",
+        layout_strength: float = 1.0,
+        layout_until: float = 1.0,
+        mask_special: str = "off",
+        region_prompts: Sequence[str] | None = None,
+        base_prompt: str | None = None,
+        base_ratio: float = 0.2,
+        region_weights: Sequence[float] | None = None,
         **kwargs,
     ) -> RegionalDiffusionPipelineOutput | tuple:
         r"""Generate images; every argument of ``StableDiffusionPipeline.__call__`` works as there.
@@ -117,6 +127,13 @@ class RegionalDiffusionPipeline(StableDiffusionPipeline):
             regions: ``[(phrase, (x0, y0, x1, y1)), ...]`` with the box normalised to ``[0, 1]`` (origin top-left);
                 the phrase must occur in ``prompt``, or be given as token positions (start token = 0). ``None`` or
                 an empty list: stock Stable Diffusion.
+            layout_mode: ``"forbid"`` (a phrase's tokens masked outside its box), ``"bias"`` (eDiff-I's
+                paint-with-words bias) or ``"prompts"`` (regional prompts); see ``docs/layout.md``.
+            layout_strength, layout_until: ``bias`` mode, eDiff-I's w and the fraction of steps biased.
+            mask_special: drop the end-of-text and padding keys, ``"off"``, ``"boxes"`` or ``"all"``.
+            region_prompts, base_prompt, base_ratio, region_weights: ``prompts`` mode, one prompt per region
+                (default: its phrase), the prompt for the whole image (default: ``prompt``), the base prompt's
+                share inside the boxes and one weight per region.
 
         Returns:
             :class:`RegionalDiffusionPipelineOutput`, or the parent's ``(images, nsfw)`` tuple when
@@ -125,9 +142,14 @@ class RegionalDiffusionPipeline(StableDiffusionPipeline):
         check_call(self, locals())  # every argument, before any model runs
         regions = list(regions or [])
         boxes = [check_region_box(box, index) for index, (_, box) in enumerate(regions)]
-        tokens = self.region_tokens(prompt, regions)
+        settings = LayoutSettings(layout_mode, layout_strength, layout_until, mask_special, base_ratio,
+                                  region_weights, region_prompts, base_prompt)
+        settings.check(len(regions))
+        prompts_mode = layout_mode == "prompts"
+        tokens = [[] for _ in regions] if prompts_mode else self.region_tokens(prompt, regions)
+        encodings = self.region_encodings(settings, regions, clip_skip) if prompts_mode and regions else None
         call_args = dict(
-            prompt=prompt, height=height, width=width, num_inference_steps=num_inference_steps,
+            prompt=base_prompt if prompts_mode and base_prompt is not None else prompt, height=height, width=width, num_inference_steps=num_inference_steps,
             timesteps=timesteps, sigmas=sigmas, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
             num_images_per_prompt=num_images_per_prompt, eta=eta, generator=generator, latents=latents,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
@@ -136,11 +158,9 @@ class RegionalDiffusionPipeline(StableDiffusionPipeline):
             guidance_rescale=guidance_rescale, clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **kwargs,
         )
-        if regions:
-            control = RegionConstrainedCrossAttention(
-                [TokenRegion(tuple(t), lambda grid, box=box: box_cells(box, grid)) for t, box in zip(tokens, boxes)],
-                self._rows)
-            with AttentionController([control]).installed(self.unet):
+        controls = layout_controls(self, settings, prompt, boxes, tokens, num_inference_steps, self._rows, encodings)
+        if controls:
+            with AttentionController(controls).installed(self.unet):
                 output = super().__call__(**call_args)
         else:
             output = super().__call__(**call_args)
