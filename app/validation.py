@@ -20,7 +20,7 @@ from attnctl.spec import COMMON_PARAMS, MethodSpec, Param
 
 SEED = next(p for p in COMMON_PARAMS if p.name == "seed")
 #: Absolute paths (POSIX or Windows) in a message; hidden from remote clients (:func:`hide_paths`).
-_PATH = re.compile(r"(?:[A-Za-z]:\\|(?<![\w.])/)[^\s'\",;:)]+")
+_PATH = re.compile(r"(?:[A-Za-z]:\\|(?<![\w.:/])/)[^\s'\",;:)]+")
 _remote = False  # set by build_app: True when the server is reachable beyond this machine
 
 
@@ -36,9 +36,9 @@ def hiding_paths() -> bool:
 
 def user_error(message: str) -> gr.Error:
     """A ``gr.Error`` for input the person can fix: shown as typed (HTML-escaped), no server traceback; when
-    the server is reachable beyond this machine, every absolute path in it reads ``<path>``."""
+    the server is reachable beyond this machine, every absolute path in it reads ``[path]``."""
     if _remote:
-        message = _PATH.sub("<path>", message)
+        message = _PATH.sub("[path]", message)
     return gr.Error(html.escape(message, quote=False), print_exception=False)
 
 

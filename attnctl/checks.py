@@ -34,15 +34,34 @@ MAX_SIDE = 16_384  # pixels per side of any image or video frame attnctl generat
 
 def fail(name: str, value: Any, expected: str) -> ValueError:
     """The one shape of every message: ``name=value is invalid: expected ...``."""
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except RecursionError:  # a structure nested deeper than Python's recursion limit
+        shown = f"<{type(value).__name__} nested too deeply to show>"
     if len(shown) > 120:
         shown = shown[:117] + "..."
     return ValueError(f"{name}={shown} is invalid: expected {expected}")
 
 
+def _unicode(value: Any) -> bool:
+    """A string that is valid Unicode (no lone surrogates, which JSON's ``\\ud800`` can smuggle in)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _real(value: Any) -> bool:
     """A real number that is not a bool (numpy scalars included)."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _whole(value: Any) -> bool:
+    """An integer, or a finite float with no fractional part (``3.0``, as web forms send)."""
+    if isinstance(value, numbers.Integral):
+        return not isinstance(value, (bool, np.bool_))
+    return _real(value) and math.isfinite(value) and float(value).is_integer()
 
 
 # ---------------------------------------------------------------------------------------------------- kinds
@@ -56,8 +75,7 @@ class Integer:
     high: int
 
     def __call__(self, name: str, value: Any) -> int:
-        whole = _real(value) and math.isfinite(value) and float(value) == int(value)
-        if not whole or not self.low <= int(value) <= self.high:
+        if not _whole(value) or not self.low <= int(value) <= self.high:
             raise fail(name, value, f"a whole number from {self.low} to {self.high}")
         return int(value)
 
@@ -90,7 +108,7 @@ class Text:
     allow_empty: bool = False
 
     def __call__(self, name: str, value: Any) -> str:
-        if not isinstance(value, str) or (not self.allow_empty and not value.strip()):
+        if not isinstance(value, str) or not _unicode(value) or (not self.allow_empty and not value.strip()):
             raise fail(name, value, "a string" if self.allow_empty else "a non-empty string")
         return value
 
@@ -166,7 +184,7 @@ class Size:
     def __call__(self, name: str, value: Any) -> tuple[int, int]:
         expected = (f'a size in pixels, 512 (square) or "WIDTHxHEIGHT" such as "768x512", with sides that are '
                     f"multiples of {self.multiple} from {self.multiple} to {MAX_SIDE}")
-        if _real(value) and float(value).is_integer():
+        if _whole(value):
             width = height = int(value)
         elif isinstance(value, str) and value.strip().lower().count("x") == 1:
             parts = value.strip().lower().split("x")
@@ -214,13 +232,30 @@ class Json:
     kind: type
     example: str
 
+    max_depth: int = 32
+
     def __call__(self, name: str, value: Any) -> Any:
         if not isinstance(value, self.kind):
             raise fail(name, value, f"a JSON {'object' if self.kind is dict else 'list'}, e.g. {self.example}")
+        if _depth(value, self.max_depth) > self.max_depth:
+            raise fail(name, f"<{self.describe()} nested over {self.max_depth} levels>",
+                       f"at most {self.max_depth} levels of nesting")
         return value
 
     def describe(self) -> str:
         return "object" if self.kind is dict else "list"
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of JSON-like ``value``, counted without recursion and only up to ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            deepest = max(deepest, depth)
+            if depth <= limit:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 @dataclass(frozen=True)
@@ -256,7 +291,8 @@ def text_list(name: str, value: Any, example: str = '["a red car", "a blue bench
     """A list (or tuple) of non-empty strings; a lone string is refused with the list it should be."""
     if isinstance(value, str):
         raise fail(name, value, f"a list of strings, e.g. [{value!r}], not one string")
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() and _unicode(v)
+                                                       for v in value):
         raise fail(name, value, f"a list of non-empty strings, e.g. {example}")
     return list(value)
 
@@ -286,8 +322,7 @@ def pixel_side(name: str, value: Any, multiple: int, optional: bool = True) -> N
     """A side in pixels: a whole multiple of ``multiple`` from ``multiple`` to :data:`MAX_SIDE` (or ``None``)."""
     if value is None and optional:
         return
-    whole = _real(value) and math.isfinite(value) and float(value).is_integer()
-    if not whole or not multiple <= value <= MAX_SIDE or int(value) % multiple:
+    if not _whole(value) or not multiple <= value <= MAX_SIDE or int(value) % multiple:
         raise fail(name, value, f"a multiple of {multiple} from {multiple} to {MAX_SIDE} pixels"
                    + (" (or None for the model's default)" if optional else ""))
 

@@ -7,8 +7,8 @@ import PIL.Image
 import pytest
 
 from attnctl.batch.fields import FIELDS
-from attnctl.checks import mask_array
 from attnctl.batch.methods import METHODS, Converter, MethodSpec, MethodUnavailable
+from attnctl.checks import mask_array
 
 
 @pytest.mark.parametrize("name", list(METHODS))
