@@ -45,10 +45,12 @@ class MethodRun:
     Args:
         controls: installed on the denoiser for the call; empty means the parent pipeline runs untouched.
         finish: ``(parent_output) -> method output`` for ``return_dict=True``.
+        arguments: parent call arguments the method replaces (regional prompts' ``prompt=base_prompt``).
     """
 
     controls: list[AttentionControl] = field(default_factory=list)
     finish: Callable[[Any], Any] = lambda output: output
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 class FamilyText:
@@ -291,6 +293,7 @@ class ControlledPipelineMixin(FamilyPipelineMixin):
         check_call(self, {**call, **method_kwargs})  # every argument, before any model runs
         run = self.prepare(_ReadOnly(call), **method_kwargs)
         return_dict = passed.pop("return_dict", True)
+        passed.update(run.arguments)
         if run.controls:
             with self.install(run.controls, guidance_rows(self.conditional_row_count(call))):
                 output = parent.__call__(self, **passed, return_dict=True)

@@ -14,7 +14,7 @@ from attnctl.batch.jobs import Job, JobError, parse_lines, read_job_file, valida
 from attnctl.batch.layouts import LAYOUTS
 from attnctl.batch.methods import METHODS
 
-from .common import EXIT_FAILED, EXIT_OK, resolve_model
+from .common import EXIT_FAILED, EXIT_OK, model_argument
 
 EPILOG = """\
 examples:
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     method = METHODS[args.method]
     if method.output == "video" and args.model is None:
         raise ValueError(f"--method {method.name} needs a Wan text-to-video checkpoint: pass --model <folder or hub id>")
-    model = resolve_model(args.model)
+    model = model_argument(args.model, method)
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
