@@ -34,15 +34,34 @@ MAX_SIDE = 16_384  # pixels per side of any image or video frame attnctl generat
 
 def fail(name: str, value: Any, expected: str) -> ValueError:
     """The one shape of every message: ``name=value is invalid: expected ...``."""
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except RecursionError:  # a structure nested deeper than Python's recursion limit
+        shown = f"<{type(value).__name__} nested too deeply to show>"
     if len(shown) > 120:
         shown = shown[:117] + "..."
     return ValueError(f"{name}={shown} is invalid: expected {expected}")
 
 
+def _unicode(value: Any) -> bool:
+    """A string that is valid Unicode (no lone surrogates, which JSON's ``\\ud800`` can smuggle in)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _real(value: Any) -> bool:
     """A real number that is not a bool (numpy scalars included)."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _whole(value: Any) -> bool:
+    """An integer, or a finite float with no fractional part (``3.0``, as web forms send)."""
+    if isinstance(value, numbers.Integral):
+        return not isinstance(value, (bool, np.bool_))
+    return _real(value) and math.isfinite(value) and float(value).is_integer()
 
 
 # ---------------------------------------------------------------------------------------------------- kinds
@@ -56,8 +75,7 @@ class Integer:
     high: int
 
     def __call__(self, name: str, value: Any) -> int:
-        whole = _real(value) and math.isfinite(value) and float(value) == int(value)
-        if not whole or not self.low <= int(value) <= self.high:
+        if not _whole(value) or not self.low <= int(value) <= self.high:
             raise fail(name, value, f"a whole number from {self.low} to {self.high}")
         return int(value)
 
@@ -90,7 +108,7 @@ class Text:
     allow_empty: bool = False
 
     def __call__(self, name: str, value: Any) -> str:
-        if not isinstance(value, str) or (not self.allow_empty and not value.strip()):
+        if not isinstance(value, str) or not _unicode(value) or (not self.allow_empty and not value.strip()):
             raise fail(name, value, "a string" if self.allow_empty else "a non-empty string")
         return value
 
@@ -110,7 +128,7 @@ class Choice:
         return value
 
     def describe(self) -> str:
-        return " | ".join("null" if o is None else f'"{o}"' for o in self.options)
+        return ", ".join("null" if o is None else f'"{o}"' if isinstance(o, str) else str(o) for o in self.options)
 
 
 @dataclass(frozen=True)
@@ -140,6 +158,23 @@ class TextList:
 
 
 @dataclass(frozen=True)
+class NumberList:
+    """A non-empty list of finite numbers above ``low``."""
+
+    low: float
+
+    def __call__(self, name: str, value: Any) -> list[float]:
+        ok = isinstance(value, (list, tuple)) and bool(value) and all(
+            _real(v) and math.isfinite(v) and v > self.low for v in value)
+        if not ok:
+            raise fail(name, value, f"a non-empty list of numbers above {self.low:g}, e.g. [1.0, 2.0]")
+        return [float(v) for v in value]
+
+    def describe(self) -> str:
+        return f"list of numbers > {self.low:g}"
+
+
+@dataclass(frozen=True)
 class Size:
     """A size in pixels: an int (square) or ``"WIDTHxHEIGHT"``, both multiples of ``multiple``, each side at most
     :data:`MAX_SIDE`; normalised to ``(width, height)``."""
@@ -149,7 +184,7 @@ class Size:
     def __call__(self, name: str, value: Any) -> tuple[int, int]:
         expected = (f'a size in pixels, 512 (square) or "WIDTHxHEIGHT" such as "768x512", with sides that are '
                     f"multiples of {self.multiple} from {self.multiple} to {MAX_SIDE}")
-        if _real(value) and float(value).is_integer():
+        if _whole(value):
             width = height = int(value)
         elif isinstance(value, str) and value.strip().lower().count("x") == 1:
             parts = value.strip().lower().split("x")
@@ -197,13 +232,30 @@ class Json:
     kind: type
     example: str
 
+    max_depth: int = 32
+
     def __call__(self, name: str, value: Any) -> Any:
         if not isinstance(value, self.kind):
             raise fail(name, value, f"a JSON {'object' if self.kind is dict else 'list'}, e.g. {self.example}")
+        if _depth(value, self.max_depth) > self.max_depth:
+            raise fail(name, f"<{self.describe()} nested over {self.max_depth} levels>",
+                       f"at most {self.max_depth} levels of nesting")
         return value
 
     def describe(self) -> str:
         return "object" if self.kind is dict else "list"
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of JSON-like ``value``, counted without recursion and only up to ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            deepest = max(deepest, depth)
+            if depth <= limit:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 @dataclass(frozen=True)
@@ -239,7 +291,8 @@ def text_list(name: str, value: Any, example: str = '["a red car", "a blue bench
     """A list (or tuple) of non-empty strings; a lone string is refused with the list it should be."""
     if isinstance(value, str):
         raise fail(name, value, f"a list of strings, e.g. [{value!r}], not one string")
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() and _unicode(v)
+                                                       for v in value):
         raise fail(name, value, f"a list of non-empty strings, e.g. {example}")
     return list(value)
 
@@ -269,8 +322,7 @@ def pixel_side(name: str, value: Any, multiple: int, optional: bool = True) -> N
     """A side in pixels: a whole multiple of ``multiple`` from ``multiple`` to :data:`MAX_SIDE` (or ``None``)."""
     if value is None and optional:
         return
-    whole = _real(value) and math.isfinite(value) and float(value).is_integer()
-    if not whole or not multiple <= value <= MAX_SIDE or int(value) % multiple:
+    if not _whole(value) or not multiple <= value <= MAX_SIDE or int(value) % multiple:
         raise fail(name, value, f"a multiple of {multiple} from {multiple} to {MAX_SIDE} pixels"
                    + (" (or None for the model's default)" if optional else ""))
 
@@ -353,6 +405,18 @@ def image_unit(name: str, value: Any) -> np.ndarray:
     if min(unit.shape[:2]) < 1 or max(unit.shape[:2]) > MAX_SIDE:
         raise fail(name, f"{unit.shape[1]}x{unit.shape[0]} image", f"sides from 1 to {MAX_SIDE} pixels")
     return unit
+
+
+def read_image(name: str, path: str) -> Any:
+    """The image in the file at ``path``, loaded as it is stored (mode and depth kept for the converters)."""
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (PIL.UnidentifiedImageError, OSError) as err:
+        raise fail(name, path, f"an image file PIL can read (PNG, JPEG, ...): {type(err).__name__}") from None
 
 
 def rgb_image(name: str, value: Any) -> Any:
@@ -472,12 +536,49 @@ def _mask_input(name: str, value: Any) -> None:
         mask_array(name, value)
 
 
-def _kind(kind: Any):
-    return lambda name, value, pipe: kind(name, value)
+#: The kind of every plain pipeline argument: its one limit, read by :func:`check_call`, by the method specs
+#: (:mod:`attnctl.spec`: a job field mapped to the argument takes this kind) and so by the CLI and the UI.
+ARGUMENT_KINDS: dict[str, Any] = {
+    "num_inference_steps": Integer(1, MAX_STEPS),
+    "native_num_inference_steps": Integer(1, MAX_STEPS),
+    "guidance_scale": Number(0.0, MAX_GUIDANCE),
+    "guidance_scale_2": Number(0.0, MAX_GUIDANCE),
+    "guidance_rescale": Number(0.0, 1.0),
+    "eta": Number(0.0, 1.0),
+    "num_images_per_prompt": Integer(1, MAX_BATCH),
+    "num_videos_per_prompt": Integer(1, MAX_BATCH),
+    "num_frames": Integer(1, 10_000),
+    "strength": Number(0.0, 1.0, open_low=True),
+    "cache_interval": Integer(1, MAX_STEPS),
+    "refine_flow_shift": Number(0.0, 1e6, open_low=True),
+    "max_sequence_length": Integer(1, 100_000),
+    "clip_skip": Integer(0, 1_000),
+    "tau_a": Number(0.0, 1.0),
+    "tau_b": Number(0.0, 1.0),
+    "tau_c": Number(0.0, 1.0),
+    "solver_order": Choice((1, 2)),
+    "seed": Integer(0, MAX_SEED),
+    "output_type": Choice(("pil", "np", "pt", "latent")),
+    "return_dict": Flag(),
+    "return_attention_maps": Flag(),
+    "faithful": Flag(),
+    "dual_path": Flag(),
+    "guide_uncond": Flag(),
+    "rca": Flag(),
+    "domain": Choice(("same", "cross")),
+    "struct_mode": Choice(("values", "keys", None)),
+    "target_box": Box(),
+}
+#: Arguments whose ``None`` means "the pipeline's default" (or "off").
+OPTIONAL_ARGUMENTS = frozenset({
+    "native_num_inference_steps", "guidance_scale_2", "num_images_per_prompt", "num_videos_per_prompt",
+    "strength", "refine_flow_shift", "clip_skip", "seed", "rca", "target_box",
+})
 
 
-def _optional(kind: Any):
-    return _kind(Optional(kind))
+def _argument_check(name: str, kind: Any):
+    kind = Optional(kind) if name in OPTIONAL_ARGUMENTS else kind
+    return lambda argument, value, pipe: kind(argument, value)
 
 
 def _plain(check):
@@ -487,41 +588,13 @@ def _plain(check):
 #: What every pipeline argument attnctl knows by name must hold: ``name -> check(name, value, pipe)``.
 #: ``height``/``width`` and the native sizes are checked against the pipeline's pixel multiple.
 PIPELINE_ARGUMENTS: dict[str, Any] = {
+    **{name: _argument_check(name, kind) for name, kind in ARGUMENT_KINDS.items()},
     "prompt": _plain(prompts),
     "negative_prompt": _plain(prompts),
-    "num_inference_steps": _kind(Integer(1, MAX_STEPS)),
-    "native_num_inference_steps": _optional(Integer(1, MAX_STEPS)),
-    "guidance_scale": _kind(Number(0.0, MAX_GUIDANCE)),
-    "guidance_scale_2": _optional(Number(0.0, MAX_GUIDANCE)),
-    "guidance_rescale": _kind(Number(0.0, 1.0)),
-    "eta": _kind(Number(0.0, 1.0)),
-    "num_images_per_prompt": _optional(Integer(1, MAX_BATCH)),
-    "num_videos_per_prompt": _optional(Integer(1, MAX_BATCH)),
-    "num_frames": _kind(Integer(1, 10_000)),
-    "strength": _optional(Number(0.0, 1.0, open_low=True)),
-    "cache_interval": _kind(Integer(1, MAX_STEPS)),
     "attention_scale": _plain(_attention_scale),
-    "refine_flow_shift": _optional(Number(0.0, 1e6, open_low=True)),
-    "max_sequence_length": _kind(Integer(1, 100_000)),
-    "clip_skip": _optional(Integer(0, 1_000)),
-    "tau_a": _kind(Number(0.0, 1.0)),
-    "tau_b": _kind(Number(0.0, 1.0)),
-    "tau_c": _kind(Number(0.0, 1.0)),
-    "solver_order": _kind(Choice((1, 2))),
-    "seed": _optional(Integer(0, MAX_SEED)),
-    "output_type": _kind(Choice(("pil", "np", "pt", "latent"))),
-    "return_dict": _kind(Flag()),
-    "return_attention_maps": _kind(Flag()),
-    "faithful": _kind(Flag()),
-    "dual_path": _kind(Flag()),
-    "guide_uncond": _kind(Flag()),
-    "rca": _optional(Flag()),
-    "domain": _kind(Choice(("same", "cross"))),
-    "struct_mode": _kind(Choice(("values", "keys", None))),
     "phrases": _plain(_phrases),
     "regions": _plain(_regions),
     "subject_words": _plain(_words),
-    "target_box": _optional(Box()),
     "image": _plain(_image_input),
     "subject_image": _plain(_image_input),
     "subject_mask": _plain(_mask_input),

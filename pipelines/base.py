@@ -32,7 +32,8 @@ import torch
 from diffusers import DiffusionPipeline
 
 from attnctl.checks import check_call
-from attnctl.core import AttentionControl, AttentionController, AttentionStore, TokenHeatmaps
+from attnctl.composer.tokens import check_token_indices, words_token_indices
+from attnctl.core import AttentionControl, AttentionController, AttentionStore, TokenHeatmaps, guidance_rows
 from attnctl.core.rows import RowLayout
 from attnctl.models.families import Family, detect_family, get_family
 
@@ -44,13 +45,12 @@ class MethodRun:
     Args:
         controls: installed on the denoiser for the call; empty means the parent pipeline runs untouched.
         finish: ``(parent_output) -> method output`` for ``return_dict=True``.
-        rows: which rows of the denoiser's batch are which (e.g. ``guidance_rows(n)``), declared to the
-            controller for every pass (:mod:`attnctl.core.rows`).
+        arguments: parent call arguments the method replaces (regional prompts' ``prompt=base_prompt``).
     """
 
     controls: list[AttentionControl] = field(default_factory=list)
     finish: Callable[[Any], Any] = lambda output: output
-    rows: RowLayout | None = None
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 class FamilyText:
@@ -65,9 +65,13 @@ class FamilyText:
     def tokenizer(self, pipe: DiffusionPipeline) -> Any:
         return getattr(pipe, self.tokenizer_attribute)
 
+    def sequence_length(self, pipe: DiffusionPipeline, call: Mapping[str, Any]) -> int:
+        """How many text keys the attention layers see (special tokens and padding included)."""
+        return self.tokenizer(pipe).model_max_length
+
     def max_tokens(self, pipe: DiffusionPipeline, call: Mapping[str, Any]) -> int:
         """How many prompt tokens (special tokens excluded) reach attention."""
-        return self.tokenizer(pipe).model_max_length - 2
+        return self.sequence_length(pipe, call) - 2
 
     def prompt_ids(self, pipe: DiffusionPipeline, prompt: str, call: Mapping[str, Any]) -> list[int]:
         """The prompt's token ids as they reach attention, special tokens excluded."""
@@ -76,7 +80,23 @@ class FamilyText:
 
     def encode(self, pipe: DiffusionPipeline, texts: list[str], call: Mapping[str, Any]) -> torch.Tensor:
         """(texts, tokens, dim): each text encoded alone, as the attention layers receive a prompt's states."""
-        raise NotImplementedError
+        raise ValueError(f"{type(pipe).__name__}: encoding phrases apart is not implemented for this family "
+                         "(docs/structured.md defines structured guidance on joint attention)")
+
+    def word_positions(self, pipe: DiffusionPipeline, prompt: str, words: str | Sequence[str], name: str,
+                       call: Mapping[str, Any]) -> list[int]:
+        """Text-key positions of every occurrence of ``words`` in ``prompt`` (``ValueError`` if one is missing)."""
+        return words_token_indices(self.tokenizer(pipe), prompt, words, name, self.offset,
+                                   self.sequence_length(pipe, call))
+
+    def check_positions(self, positions: Sequence[int], name: str, pipe: DiffusionPipeline,
+                        call: Mapping[str, Any]) -> list[int]:
+        """Explicit text-key positions, validated against the key sequence (a start token cannot be named)."""
+        return check_token_indices(positions, self.key_length(pipe, call), name, self.offset)
+
+    def key_length(self, pipe: DiffusionPipeline, call: Mapping[str, Any]) -> int:
+        """How many text keys the image queries read."""
+        return self.sequence_length(pipe, call)
 
 
 class SDText(FamilyText):
@@ -104,8 +124,11 @@ class PixArtText(FamilyText):
 
     offset = 0
 
+    def sequence_length(self, pipe, call):
+        return call["max_sequence_length"]
+
     def max_tokens(self, pipe, call):
-        return call["max_sequence_length"] - 1  # the rest of the sequence after </s>
+        return call["max_sequence_length"] - 1  # no start token, one </s>
 
     def encode(self, pipe, texts, call):
         embeds = pipe.encode_prompt(texts, False, num_images_per_prompt=1, device=pipe._execution_device,
@@ -114,13 +137,44 @@ class PixArtText(FamilyText):
         return pipe.transformer.caption_projection(embeds.to(pipe.transformer.dtype))
 
 
-FAMILY_TEXT: dict[str, FamilyText] = {"sd": SDText(), "sdxl": SDXLText(), "pixart": PixArtText()}
+class FluxText(FamilyText):
+    """Flux: only T5 (``tokenizer_2``) reaches attention, no start token; CLIP gives the pooled vector."""
+
+    tokenizer_attribute = "tokenizer_2"
+    offset = 0
+
+    def sequence_length(self, pipe, call):
+        return call["max_sequence_length"]
+
+    def max_tokens(self, pipe, call):
+        return call["max_sequence_length"] - 1
 
 
-def _parent_pipeline(cls: type) -> type:
+class SD3Text(FamilyText):
+    """SD3/3.5: 77 CLIP rows (start token first), then the T5 rows (``tokenizer_3``, no start token). A word
+    sits twice in the text keys: in the CLIP rows and in the T5 rows."""
+
+    def t5_positions(self, pipe, prompt, words, name, call) -> list[int]:
+        clip_rows = pipe.tokenizer_max_length
+        found = words_token_indices(pipe.tokenizer_3, prompt, words, name, 0, call["max_sequence_length"])
+        return [clip_rows + p for p in found]
+
+    def word_positions(self, pipe, prompt, words, name, call):
+        return super().word_positions(pipe, prompt, words, name, call) + self.t5_positions(
+            pipe, prompt, words, name, call)
+
+    def key_length(self, pipe, call):
+        return pipe.tokenizer_max_length + call["max_sequence_length"]
+
+
+FAMILY_TEXT: dict[str, FamilyText] = {"sd": SDText(), "sdxl": SDXLText(), "pixart": PixArtText(), "sd3": SD3Text(),
+                                      "flux": FluxText()}
+
+
+def parent_pipeline(cls: type) -> type:
     """The diffusers pipeline a variant runs: the first base in the MRO that is not an attnctl mixin."""
     return next(base for base in cls.__mro__[1:]
-                if issubclass(base, DiffusionPipeline) and not issubclass(base, ControlledPipelineMixin))
+                if issubclass(base, DiffusionPipeline) and not issubclass(base, FamilyPipelineMixin))
 
 
 def _merged_signature(parent_call: Callable, prepare: Callable) -> inspect.Signature:
@@ -137,12 +191,10 @@ def _merged_signature(parent_call: Callable, prepare: Callable) -> inspect.Signa
     return inspect.Signature(positional + keyword + own + var, return_annotation=Any)
 
 
-class ControlledPipelineMixin:
-    """Base of attnctl's method mixins; see the module docstring for the recipe.
-
-    A method mixin overrides :meth:`prepare`; a variant sets ``family`` (a name in
-    :data:`attnctl.models.families.FAMILIES`).
-    """
+class FamilyPipelineMixin:
+    """Family dispatch for a method's pipelines: a method mixin subclasses this, and each variant sets
+    ``family`` (a name in :data:`attnctl.models.families.FAMILIES`) and inherits the family's diffusers
+    pipeline. ``from_pretrained`` on any of them loads the variant of the checkpoint's family."""
 
     family: ClassVar[str | None] = None
     _variants: ClassVar[dict[str, type]]
@@ -156,25 +208,7 @@ class ControlledPipelineMixin:
         if family.name in cls._variants:
             raise TypeError(f"{cls._variants[family.name].__name__} is already the {family.name} variant")
         cls._variants[family.name] = cls
-        parent = _parent_pipeline(cls)
 
-        def __call__(self, *args, **kwargs):  # noqa: N807 (a per-class copy, so each carries its own signature)
-            return self._controlled_call(args, kwargs)
-
-        __call__.__signature__ = _merged_signature(parent.__call__, cls.prepare)
-        __call__.__doc__ = (f"{cls.__name__}: every argument of ``{parent.__name__}.__call__`` works as there; "
-                            f"the method's own arguments are those of :meth:`{cls.__name__}.prepare`.\n\n"
-                            f"{inspect.getdoc(cls.prepare) or ''}")
-        __call__.__qualname__ = f"{cls.__name__}.__call__"
-        cls.__call__ = torch.no_grad()(__call__)
-
-    # -- what a method provides ------------------------------------------------------------------------------
-    def prepare(self, call: Mapping[str, Any]) -> MethodRun:
-        """The controls for one call. ``call`` holds every parent argument (defaults applied, read-only); the
-        method's own arguments follow as keyword-only parameters of the override."""
-        raise NotImplementedError
-
-    # -- the shared mechanism ------------------------------------------------------------------------------
     @property
     def model_family(self) -> Family:
         return get_family(self.family)
@@ -207,23 +241,61 @@ class ControlledPipelineMixin:
         An unsupported family is a ``ValueError`` before any component is loaded.
         """
         variant = cls.variant_for(detect_family(pretrained_model_name_or_path))
-        return super(ControlledPipelineMixin, variant).from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return super(FamilyPipelineMixin, variant).from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def install(self, controls: Sequence[AttentionControl], rows: RowLayout | None = None):
+        """``with pipe.install(controls, rows):`` the denoiser runs with ``controls`` and every pass's batch
+        declared as ``rows`` (the one place a method pipeline touches the core's controller)."""
+        return AttentionController(controls, rows=rows).installed(self.denoiser)
+
+
+class ControlledPipelineMixin(FamilyPipelineMixin):
+    """Base of the method mixins that wrap the parent's ``__call__``; see the module docstring for the recipe.
+
+    A method mixin overrides :meth:`prepare`.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "family" not in cls.__dict__:
+            return
+        parent = parent_pipeline(cls)
+
+        def __call__(self, *args, **kwargs):  # noqa: N807 (a per-class copy, so each carries its own signature)
+            return self._controlled_call(args, kwargs)
+
+        __call__.__signature__ = _merged_signature(parent.__call__, cls.prepare)
+        __call__.__doc__ = (f"{cls.__name__}: every argument of ``{parent.__name__}.__call__`` works as there; "
+                            f"the method's own arguments are those of :meth:`{cls.__name__}.prepare`.\n\n"
+                            f"{inspect.getdoc(cls.prepare) or ''}")
+        __call__.__qualname__ = f"{cls.__name__}.__call__"
+        cls.__call__ = torch.no_grad()(__call__)
+
+    def prepare(self, call: Mapping[str, Any]) -> MethodRun:
+        """The controls for one call. ``call`` holds every parent argument (defaults applied, read-only); the
+        method's own arguments follow as keyword-only parameters of the override."""
+        raise NotImplementedError
 
     def _controlled_call(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         own = inspect.signature(type(self).prepare).parameters
         method_kwargs = {name: kwargs.pop(name) for name in list(kwargs)
                          if name in own and own[name].kind is inspect.Parameter.KEYWORD_ONLY}
-        parent = _parent_pipeline(type(self))
+        parent = parent_pipeline(type(self))
         bound = inspect.signature(parent.__call__).bind(self, *args, **kwargs)
         passed = {name: value for name, value in bound.arguments.items() if name != "self"}
-        passed.update(passed.pop(_var_keyword(parent.__call__), {}))
+        extra = passed.pop(_var_keyword(parent.__call__), {})
+        for name in _STEP_END_ARGUMENTS & set(extra):
+            raise ValueError(f"{name} was given but {parent.__name__}.__call__ has no {name}; it would be "
+                             "ignored (use its callback=..., callback_steps=... instead)")
+        passed.update(extra)
         bound.apply_defaults()
         call = {name: value for name, value in bound.arguments.items() if name != "self"}
         check_call(self, {**call, **method_kwargs})  # every argument, before any model runs
         run = self.prepare(_ReadOnly(call), **method_kwargs)
         return_dict = passed.pop("return_dict", True)
+        passed.update(run.arguments)
         if run.controls:
-            with self.install(run.controls, run.rows):
+            with self.install(run.controls, guidance_rows(self.conditional_row_count(call))):
                 output = parent.__call__(self, **passed, return_dict=True)
         else:
             output = parent.__call__(self, **passed, return_dict=True)
@@ -231,16 +303,25 @@ class ControlledPipelineMixin:
             return tuple(getattr(output, f.name) for f in dataclasses.fields(output))
         return run.finish(output)
 
-    def install(self, controls: Sequence[AttentionControl], rows: RowLayout | None = None):
-        """``with pipe.install(controls, rows):`` the denoiser runs with ``controls`` and the declared batch
-        ``rows`` (the one place a method pipeline touches the core's controller)."""
-        return AttentionController(controls, rows=rows).installed(self.denoiser)
-
     # -- helpers methods share ------------------------------------------------------------------------------
+    def default_call(self) -> dict[str, Any]:
+        """The parent's ``__call__`` defaults (for helpers used outside a call)."""
+        parameters = inspect.signature(parent_pipeline(type(self)).__call__).parameters.values()
+        return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+    def conditional_row_count(self, call: Mapping[str, Any]) -> int:
+        """How many conditional rows a pass holds: prompts (or prompt_embeds rows) x images per prompt.
+
+        The families' pipelines batch ``[uncond, cond]`` when guided, cond only otherwise
+        (:func:`attnctl.core.guidance_rows` declares both); controls read ``call.rows["cond"]``."""
+        prompts = self.prompt_list(call)
+        count = len(prompts) if prompts is not None else call["prompt_embeds"].shape[0]
+        return count * (call.get("num_images_per_prompt") or 1)
+
     def image_size(self, call: Mapping[str, Any]) -> tuple[int, int]:
         """(height, width) in pixels the call generates, with the parent's defaults."""
-        config = self.denoiser.config
-        default = config.sample_size * self.vae_scale_factor
+        sample = getattr(self, "default_sample_size", None) or self.denoiser.config.sample_size
+        default = sample * self.vae_scale_factor
         return call.get("height") or default, call.get("width") or default
 
     def prompt_list(self, call: Mapping[str, Any]) -> list[str] | None:
@@ -270,6 +351,9 @@ class ControlledPipelineMixin:
             tokens = [tokenizer.decode([token]).strip() for token in ids]
             result.append(TokenHeatmaps(tokens, image_maps[text.offset : text.offset + len(ids)]))
         return result
+
+
+_STEP_END_ARGUMENTS = {"callback_on_step_end", "callback_on_step_end_tensor_inputs"}
 
 
 def _var_keyword(function: Callable) -> str | None:

@@ -56,6 +56,8 @@ from attnctl.composer import (
 )
 from attnctl.core import AttentionController, stacked
 
+from .base import FamilyPipelineMixin
+
 INVERSION = "inversion"
 logger = logging.get_logger(__name__)
 
@@ -120,9 +122,16 @@ class _UNetComposer:
         return self._data(inverted, latents, t)
 
 
-class PrimeComposerPipeline(StableDiffusionImg2ImgPipeline):
+class ComposerMethod(FamilyPipelineMixin):
+    """PrimeComposer's family dispatch: ``from_pretrained`` refuses the families it has no variant for (SDXL:
+    docs/composer.md says what is missing) before loading anything."""
+
+
+class PrimeComposerPipeline(ComposerMethod, StableDiffusionImg2ImgPipeline):
     """Place a subject (image + mask) into a background box; loads any SD 1.x/2.x checkpoint with
     ``from_pretrained``."""
+
+    family = "sd"
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "background_latents"]
 

@@ -17,10 +17,16 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import PixArtSigmaPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    FluxPipeline,
+    PixArtSigmaPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.utils import BaseOutput
 
-from attnctl.core import AttentionStore, TokenHeatmaps, guidance_rows
+from attnctl.core import AttentionStore, TokenHeatmaps
 from attnctl.structured import STRUCT_MODES, Phrase, PhraseEncoding, StructuredControl, prompt_phrases
 
 from .base import ControlledPipelineMixin, MethodRun
@@ -128,6 +134,10 @@ class StructuredMethod(ControlledPipelineMixin):
         """
         if struct_mode is not None and struct_mode not in STRUCT_MODES:
             raise ValueError(f"struct_mode={struct_mode!r} is not one of {STRUCT_MODES} or None (stock guidance)")
+        if struct_mode is not None and self.model_family.attention == "joint":
+            raise ValueError(f"struct_mode={struct_mode!r}: structured guidance on {self.model_family.title} (joint "
+                             "attention) is defined in docs/structured.md but not implemented yet; pass "
+                             "struct_mode=None (attention maps work)")
         prompts = self.prompt_list(call)
         embeds = call["prompt_embeds"]
         num_prompts = len(prompts) if prompts is not None else (embeds.shape[0] if embeds is not None else 0)
@@ -153,8 +163,7 @@ class StructuredMethod(ControlledPipelineMixin):
                 images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
                 phrases=parsed if parsed is not None else [[] for _ in range(num_prompts)], attention_maps=heatmaps)
 
-        rows = guidance_rows(num_prompts * images_per_prompt) if controls else None  # [uncond, cond] or [cond]
-        return MethodRun(controls, finish, rows)
+        return MethodRun(controls, finish)
 
 
 class StructuredDiffusionPipeline(StructuredMethod, StableDiffusionPipeline):
@@ -174,3 +183,17 @@ class StructuredPixArtSigmaPipeline(StructuredMethod, PixArtSigmaPipeline):
     """Structured Diffusion Guidance on PixArt-Sigma: T5 phrases (no start token) through ``caption_projection``."""
 
     family = "pixart"
+
+
+class StructuredStableDiffusion3Pipeline(StructuredMethod, StableDiffusion3Pipeline):
+    """SD3/3.5: per-token attention maps (``struct_mode=None``); structured guidance is not implemented on
+    joint attention yet (docs/structured.md)."""
+
+    family = "sd3"
+
+
+class StructuredFluxPipeline(StructuredMethod, FluxPipeline):
+    """Flux: per-token attention maps (``struct_mode=None``, T5 tokens); structured guidance is not implemented
+    on joint attention yet (docs/structured.md)."""
+
+    family = "flux"

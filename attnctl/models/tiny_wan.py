@@ -103,7 +103,7 @@ def build_tiny_wan_components(seed: int = 0, transformer_config: dict | None = N
     )
     return {
         "tokenizer": tokenizer,
-        "text_encoder": text_encoder,
+        "text_encoder": text_encoder.eval(),  # UMT5 dropout off, as from_pretrained leaves it
         "vae": vae,
         "scheduler": scheduler,
         "transformer": build_tiny_wan_transformer(seed, **(transformer_config or {})),
