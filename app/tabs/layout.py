@@ -9,14 +9,16 @@ from functools import partial
 import gradio as gr
 from PIL import Image
 
-from attnctl import RegionalDiffusionPipeline
+from attnctl.methods.regional import SPEC as REGIONAL
 
 from ..models import MODEL_QUEUE, ModelCache
 from ..progress import step_progress
 from ..regions import layer_boxes, phrase_regions
-from ..validation import required_text, seeded_generator, user_errors, whole_number
-from ..widgets import result_image
+from ..validation import capped, required_text, seeded_generator, spec_values, user_errors
+from ..widgets import result_image, seed_box, steps_slider
 
+#: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
+CONTROLS = {"steps": "Steps", "guidance": "Guidance"}
 CANVAS = 512  # the drawing canvas in pixels; boxes are read as fractions of it, so any model size works
 LAYERS = [f"Region {index}" for index in range(1, 5)]
 BRUSH_COLOURS = ["#e5484d", "#3e63dd", "#30a46c", "#f5a524"]
@@ -60,10 +62,14 @@ def generate(
     """Stock and layout-guided images from one seed, the boxes over the result, and the run details."""
     prompt = required_text(prompt, "Prompt")
     regions = phrase_regions(regions_text, layer_boxes(canvas))
-    steps = whole_number(steps, "Steps", 1, 200)
-    guidance = float(guidance)  # the slider bounds it (Gradio checks API calls too)
+    values = spec_values(REGIONAL, CONTROLS, {"steps": steps, "guidance": guidance})
+    steps = capped(values["steps"], models.limits.max_steps, "Steps", "--max-steps")
+    guidance = values["guidance"]
     seeded_generator(seed)  # check the seed before loading anything
-    pipe = models.get(model, RegionalDiffusionPipeline)
+    pipe = models.get(model, REGIONAL)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    models.limits.check_pixels(side, side, "The model's image size")
+    deadline = models.limits.deadline()
     pairs = [(phrase, box) for phrase, box, _ in regions]
     with user_errors():
         pipe.region_tokens(prompt, pairs)  # a phrase missing from the prompt fails before any denoising
@@ -78,13 +84,13 @@ def generate(
                 generator=seeded_generator(seed),
                 num_inference_steps=steps,
                 guidance_scale=guidance,
-                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps),
+                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps, deadline),
             )
         seconds[stage] = round(time.perf_counter() - started, 3)
     image = results["layout"].images[0]
     boxes = [(pixel_box(box, image), phrase) for phrase, box, _ in regions]
     details = {
-        "model": models.resolve(model),
+        "model": models.describe(model, REGIONAL),
         "seed": int(seed),
         "steps": steps,
         "guidance_scale": guidance,
@@ -110,7 +116,7 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle and a blue square")
                 with gr.Row():
                     negative = gr.Textbox(label="Negative prompt", placeholder="optional", scale=3)
-                    seed = gr.Number(label="Seed", value=0, precision=0, scale=1, min_width=100)
+                    seed = seed_box(scale=1, min_width=100)
                 regions = gr.Textbox(
                     label="Regions",
                     lines=3,
@@ -135,7 +141,7 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                     format="png",
                 )
                 with gr.Row():
-                    steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
+                    steps = steps_slider(models.limits, 25)
                     guidance = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance")
                 run_button = gr.Button("Generate", variant="primary")
             with gr.Column(scale=3):
