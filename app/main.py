@@ -57,7 +57,7 @@ def build_app(model: str | None = None, video_model: str | None = None, limits: 
                 label="Image model",
                 scale=3,
                 placeholder="empty: the embedded default model",
-                info="Stable Diffusion 1.x/2.x: a diffusers folder or a hub id (org/name)",
+                info="Stable Diffusion 1.x/2.x: a diffusers folder, a hub id (org/name) or `clip`",
             )
             video_model_box = gr.Textbox(
                 value=video_model or "",

@@ -45,7 +45,9 @@ def add_parser(commands: Any) -> None:
     source.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeat for several)")
     p.add_argument("--method", choices=list(METHODS), default="structured",
                    help="the pipeline (default: structured); methods and their fields are listed below")
-    p.add_argument("--model", help="diffusers folder or hub id (default: the embedded default model)")
+    p.add_argument(
+        "--model", help="diffusers folder, hub id, or embedded alias default/clip (default: the embedded default)"
+    )
     p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
     p.add_argument("--layout", choices=LAYOUTS, default="flat", help="folder layout and file naming")
     p.add_argument("--seed", type=int, default=0, help="run seed; per-item seeds derive from it (default 0)")

@@ -15,7 +15,9 @@ def add_parser(commands: Any) -> None:
         "ui", help="start the web UI (Gradio) on this machine",
         description="Start the attnctl Gradio app. It binds to 127.0.0.1 unless --host says otherwise.",
     )
-    p.add_argument("--model", help="diffusers folder or hub id (default: the embedded default model)")
+    p.add_argument(
+        "--model", help="diffusers folder, hub id, or embedded alias default/clip (default: the embedded default)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link")

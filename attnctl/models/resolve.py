@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Names that mean the embedded default model (besides no name at all), unless a folder of that name exists.
-DEFAULT_ALIASES = ("default",)
+#: Names of the embedded models (no name at all means ``"default"``), unless a folder of that name exists;
+#: ``attnctl.models.default.EMBEDDED_MODELS`` lists them with their folders.
+DEFAULT_ALIASES = ("default", "clip")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -74,12 +75,12 @@ class ResolvedModel:
         return family
 
 
-def default_model() -> ResolvedModel:
-    """The embedded default model; :class:`NoDefaultModel` when this installation lacks it."""
+def default_model(alias: str = "default") -> ResolvedModel:
+    """The embedded model ``alias`` names; :class:`NoDefaultModel` when this installation lacks it."""
     try:
         from attnctl.models.default import default_model_path
 
-        return ResolvedModel(str(default_model_path()), "default")
+        return ResolvedModel(str(default_model_path(alias)), "default")
     except (ImportError, OSError) as err:
         raise NoDefaultModel(None, f"{err}" if isinstance(err, OSError) else
                              "this attnctl installation has no embedded default model") from None
@@ -91,7 +92,7 @@ def resolve_model(model: str | None) -> ResolvedModel:
     text = (model or "").strip()
     path = Path(text).expanduser()
     if not text or (text in DEFAULT_ALIASES and not path.exists()):
-        return default_model()
+        return default_model(text or "default")
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise NotAPipelineFolder(text, "no model_index.json there; expected a diffusers pipeline folder")

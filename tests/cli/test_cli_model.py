@@ -59,3 +59,10 @@ def test_the_cli_refuses_a_method_for_the_wrong_family_before_generating(tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and "freeswim does not apply to Stable Diffusion 1.x/2.x (sd)" in err
     assert "it supports the families wan-t2v, wan-i2v, wan-vace" in err and not out.exists()
+
+
+def test_every_embedded_model_is_an_alias():
+    from attnctl.models.default import EMBEDDED_MODELS
+    from attnctl.models.resolve import DEFAULT_ALIASES
+
+    assert set(DEFAULT_ALIASES) == set(EMBEDDED_MODELS)
