@@ -16,6 +16,7 @@ from collections import OrderedDict
 import torch
 from diffusers import DiffusionPipeline
 
+from attnctl.models.families import Family
 from attnctl.models.resolve import ModelError, ModelNotFound, NotAPipelineFolder, ResolvedModel, resolve_model
 from attnctl.spec import MethodSpec
 
@@ -58,18 +59,22 @@ class ModelCache:
         except ModelError as err:
             raise model_error((model or "").strip(), err) from None
 
-    def describe(self, model: str | None, method: MethodSpec) -> str:
-        """``source (family title)`` after checking that ``method`` applies to the model's family."""
+    def checked(self, model: str | None, method: MethodSpec) -> tuple[str, Family]:
+        """The model's source and family, after checking that ``method`` applies to that family."""
         resolved = self.resolve(model)
         try:
-            family = resolved.require(method)
+            return resolved.source, resolved.require(method)
         except ModelError as err:
             raise model_error(resolved.source, err) from None
-        return f"{resolved.source} ({family.title})"
+
+    def describe(self, model: str | None, method: MethodSpec) -> str:
+        """``source (family title)``, for the run details."""
+        source, family = self.checked(model, method)
+        return f"{source} ({family.title})"
 
     def get(self, model: str | None, method: MethodSpec) -> DiffusionPipeline:
         """The pipeline of ``method`` on ``model``, loaded (or built from a loaded sibling) once."""
-        self.describe(model, method)  # the family check, before anything loads
+        self.checked(model, method)  # the family check, before anything loads
         source, pipeline_class = self.resolve(model).source, method.pipeline_class()
         with self._lock:
             pipelines = self._models.setdefault(source, {})
