@@ -38,7 +38,7 @@ def needs_parser(jobs: Sequence[Any]) -> None:
 
 SPEC = MethodSpec(
     "structured", "Structured text-to-image", pipeline, "image",
-    "Structured Diffusion Guidance (fields: phrases, struct_mode)",
+    "Structured Diffusion Guidance",
     params=(
         Param("phrases", "noun phrases to encode instead of spaCy's parse (structured); one phrase per box "
               "(regional)", "phrases", TextList(), default="spaCy's parse"),
