@@ -20,9 +20,8 @@ from attnctl.models.families import Family
 from attnctl.models.resolve import ModelError, ModelNotFound, NotAPipelineFolder, ResolvedModel, resolve_model
 from attnctl.spec import MethodSpec
 
-from . import validation
 from .limits import Limits
-from .validation import user_error
+from .validation import hiding_paths, user_error
 
 MODEL_QUEUE = "model"  # the concurrency_id of every event that runs a model: one queue for all
 
@@ -36,7 +35,7 @@ def model_error(text: str, err: ModelError) -> Exception:
     """The page's message for a model that cannot be used; remote clients are not told which paths exist."""
     if err.model is None:
         return user_error(f"Model is empty and {err.reason}; or type a diffusers folder or hub id.")
-    if validation.hiding_paths() and isinstance(err, (ModelNotFound, NotAPipelineFolder)):
+    if hiding_paths() and isinstance(err, (ModelNotFound, NotAPipelineFolder)):
         return user_error(f"Model {text!r} is not a model this server can load: type a hub id (org/name) or "
                           "the name of a model folder its operator set up.")
     return user_error(f"Model {err.describe()}")
@@ -94,7 +93,7 @@ class ModelCache:
         except Exception as err:  # any folder or hub id can be typed in: every failure is "not loadable"
             if not self._models.get(source):
                 self._models.pop(source, None)  # nothing of it loaded: do not hold its place
-            detail = "" if validation.hiding_paths() else f": {type(err).__name__}: {err}"
+            detail = "" if hiding_paths() else f": {type(err).__name__}: {err}"
             raise user_error(
                 f"Model {source!r} could not be loaded as {pipeline_class.__name__}{detail}. "
                 "Pick a diffusers folder of the kind this tab needs."
