@@ -1,5 +1,6 @@
-"""Layout-guided generation tab: each phrase confined to a box (typed, or painted on its own layer), shown
-beside the stock image from the same seed with the boxes drawn over the result."""
+"""Layout-guided generation tab: each phrase in a box (typed, or painted on its own layer), with the regional
+control's modes (forbid, eDiff-I bias, regional prompts), shown beside the stock image from the same seed with
+the boxes drawn over the result."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import gradio as gr
 from PIL import Image
 
 from attnctl import RegionalDiffusionPipeline
+from attnctl.layout import MODES, SPECIAL_MASKS
 
 from ..models import MODEL_QUEUE, ModelCache
 from ..progress import step_progress
@@ -55,18 +57,30 @@ def generate(
     seed: float,
     steps: float,
     guidance: float,
+    mode: str = "forbid",
+    strength: float = 1.0,
+    until: float = 1.0,
+    mask_special: str = "off",
+    base_ratio: float = 0.2,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's injection)
 ) -> tuple:
-    """Stock and layout-guided images from one seed, the boxes over the result, and the run details."""
+    """Stock and layout-guided images from one seed, the boxes over the result, and the run details.
+
+    In ``prompts`` mode each region line's phrase is that box's own prompt (it need not occur in the prompt)
+    and the prompt is the base prompt.
+    """
     prompt = required_text(prompt, "Prompt")
     regions = phrase_regions(regions_text, layer_boxes(canvas))
     steps = whole_number(steps, "Steps", 1, 200)
     guidance = float(guidance)  # the slider bounds it (Gradio checks API calls too)
     seeded_generator(seed)  # check the seed before loading anything
+    layout = dict(layout_mode=mode, layout_strength=float(strength), layout_until=float(until),
+                  mask_special=mask_special, base_ratio=float(base_ratio))
     pipe = models.get(model, RegionalDiffusionPipeline)
     pairs = [(phrase, box) for phrase, box, _ in regions]
-    with user_errors():
-        pipe.region_tokens(prompt, pairs)  # a phrase missing from the prompt fails before any denoising
+    if mode != "prompts":
+        with user_errors():
+            pipe.region_tokens(prompt, pairs)  # a phrase missing from the prompt fails before any denoising
     results, seconds = {}, {}
     for index, (stage, stage_regions) in enumerate((("stock", None), ("layout", pairs))):
         started = time.perf_counter()
@@ -75,6 +89,7 @@ def generate(
                 prompt,
                 negative_prompt=negative.strip() or None,
                 regions=stage_regions,
+                **layout,
                 generator=seeded_generator(seed),
                 num_inference_steps=steps,
                 guidance_scale=guidance,
@@ -88,6 +103,7 @@ def generate(
         "seed": int(seed),
         "steps": steps,
         "guidance_scale": guidance,
+        "layout": layout,
         "regions": [
             {"phrase": phrase, "box": [round(v, 4) for v in box], "from": source, "tokens": tokens}
             for (phrase, box, source), tokens in zip(regions, results["layout"].region_tokens)
@@ -101,9 +117,12 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
     """The tab's inputs, outputs and events (API name ``/layout``)."""
     with gr.Tab("Layout", id="layout", elem_id="layout-tab"):
         gr.Markdown(
-            "Layout-guided generation: each phrase's tokens may only be attended to from inside its box "
-            "(region-constrained cross-attention, PrimeComposer's text-only variant). Type a box after a "
-            "phrase, or leave it off and paint the phrase's box on its layer (line k: layer *Region k*)."
+            "Layout-guided generation. *forbid*: a phrase's tokens may only be attended to from inside its box "
+            "(PrimeComposer's region-constrained cross-attention). *bias*: eDiff-I's paint-with-words bias, "
+            "positive inside the box and negative outside. *prompts*: each box takes its cross-attention from "
+            "its own line as a prompt, mixed with the base prompt (Regional Prompter). Type a box after a "
+            "phrase, or leave it off and paint the phrase's box on its layer (line k: layer *Region k*). "
+            "See docs/layout.md for what each mode achieves on the embedded model."
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
@@ -137,6 +156,17 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                 with gr.Row():
                     steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
                     guidance = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance")
+                mode = gr.Radio(list(MODES), value="forbid", label="Mode")
+                with gr.Accordion("Mode settings", open=False):
+                    with gr.Row():
+                        strength = gr.Slider(0, 4, value=1.0, step=0.05, label="Bias strength w (bias)")
+                        until = gr.Slider(0.05, 1, value=1.0, step=0.05, label="Biased fraction of steps (bias)")
+                    mask_special = gr.Radio(
+                        list(SPECIAL_MASKS), value="off", label="Drop end-of-text and padding keys (forbid, bias)",
+                        info="They carry the whole prompt to every pixel; drop them inside the boxes or everywhere.",
+                    )
+                    base_ratio = gr.Slider(0, 1, value=0.2, step=0.05, label="Base ratio (prompts)",
+                                           info="The prompt's share inside the boxes; each box's line is its prompt.")
                 run_button = gr.Button("Generate", variant="primary")
             with gr.Column(scale=3):
                 with gr.Row():
@@ -150,7 +180,8 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
         gr.Examples(EXAMPLES, inputs=[prompt, regions, seed], label="Examples")
     run_button.click(
         partial(generate, models),
-        inputs=[model_box, prompt, negative, regions, canvas, seed, steps, guidance],
+        inputs=[model_box, prompt, negative, regions, canvas, seed, steps, guidance, mode, strength, until,
+                mask_special, base_ratio],
         outputs=[stock_image, layout_image, boxes, details],
         api_name="layout",
         concurrency_id=MODEL_QUEUE,
