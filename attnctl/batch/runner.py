@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
+from attnctl.spec import DEFAULT_FPS, MethodSpec, MethodUnavailable
+
 from .atomic import remove_stale_temps, write_text_atomic
 from .jobs import Job, JobError
 from .layouts import check_layout, entry_files
 from .manifest import Journal, merge_manifest, read_records
 from .media import save_mp4, save_png
-from .methods import Method, MethodUnavailable
 from .naming import inside
 from .plan import Item, plan_items
 from .processes import process_state, resolve_device, resolve_dtype
@@ -41,14 +42,13 @@ from .seeds import cpu_generator
 #: item, exactly like a run killed mid-way. Used by the resume tests; never set it otherwise.
 CRASH_AFTER_ENV = "ATTNCTL_TEST_CRASH_AFTER"
 CRASH_EXIT_CODE = 99
-DEFAULT_FPS = 16
 
 
 @dataclass(frozen=True)
 class RunOptions:
     """What one ``attnctl generate`` run does, after the command line has been validated."""
 
-    method: Method
+    method: MethodSpec
     model: str
     out: Path
     source: str = "<prompts>"

@@ -114,8 +114,11 @@ def layout_controls(
     num_inference_steps: int,
     rows: RowSelector,
     region_encodings: torch.Tensor | None = None,
+    first_token: int = 1,
 ) -> list[AttentionControl]:
-    """The controls for one pipeline call (empty when there are no regions: the stock pipeline runs)."""
+    """The controls for one pipeline call (empty when there are no regions: the stock pipeline runs).
+
+    ``first_token``: the text-key position of the prompt's first word (1 after CLIP's start token, 0 for T5)."""
     if not boxes:
         return []
     if settings.mode == "prompts":
@@ -129,7 +132,7 @@ def layout_controls(
         special = end_and_padding_tokens(pipe.tokenizer, prompt)
     if settings.mode == "forbid":
         regions = [TokenRegion(tuple(t), lambda grid, box=box: box_cells(box, grid)) for t, box in zip(tokens, boxes)]
-        controls: list[AttentionControl] = [RegionConstrainedCrossAttention(regions, rows)]
+        controls: list[AttentionControl] = [RegionConstrainedCrossAttention(regions, rows, first_token=first_token)]
         if special:
             controls.append(AttentionBiasLayout(boxes, tokens, 0.0, lambda call: 0.0, 0, special,
                                                 settings.mask_special, rows))

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from attnctl.batch import fields
 from attnctl.batch.fields import validate_field
 from attnctl.cli import main
 from attnctl.layout import MODES, SPECIAL_MASKS
+from attnctl.methods import regional
 
 
 def test_field_choices_are_the_layout_packages():
-    assert fields.LAYOUT_MODES == MODES and fields.SPECIAL_MASKS == SPECIAL_MASKS
+    assert regional.LAYOUT_MODES == MODES and regional.SPECIAL_MASKS == SPECIAL_MASKS
 
 
 @pytest.mark.parametrize(("name", "value"), [("layout_mode", "paint"), ("mask_special", "eot"),
