@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from attnctl.core import AttentionCall, LayerInfo, RunState, attend
+from attnctl.core import AttentionCall, LayerInfo, attend
+from attnctl.core.run import RunState
 from attnctl.layout import (
     AttentionBiasLayout,
     ediffi_bias,
