@@ -18,11 +18,19 @@ _LAZY = {
     "StructuredPixArtSigmaPipeline": "attnctl.pipelines.structured",
     "FreeSwimPipeline": "attnctl.pipelines.freeswim",
     "FreeSwimPipelineOutput": "attnctl.pipelines.freeswim",
+    "FreeSwimImageToVideoPipeline": "attnctl.pipelines.freeswim",
+    "FreeSwimVACEPipeline": "attnctl.pipelines.freeswim",
     "PrimeComposerPipeline": "attnctl.pipelines.composer",
     "PrimeComposerPipelineOutput": "attnctl.pipelines.composer",
     "RegionalDiffusionPipeline": "attnctl.pipelines.regional",
     "RegionalDiffusionPipelineOutput": "attnctl.pipelines.regional",
     "RegionalDiffusionXLPipeline": "attnctl.pipelines.regional",
+    "AttendAndExcitePipeline": "attnctl.pipelines.attend_excite",
+    "AttendAndExciteXLPipeline": "attnctl.pipelines.attend_excite",
+    "AttendAndExcitePipelineOutput": "attnctl.pipelines.attend_excite",
+    "SynGenPipeline": "attnctl.pipelines.syngen",
+    "SynGenXLPipeline": "attnctl.pipelines.syngen",
+    "SynGenPipelineOutput": "attnctl.pipelines.syngen",
 }
 
 __all__ = ["__version__", *_LAZY]

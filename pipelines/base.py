@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DiffusionPipeline
 
+from attnctl.checks import check_call
 from attnctl.composer.tokens import check_token_indices, words_token_indices
 from attnctl.core import AttentionControl, AttentionController, AttentionStore, TokenHeatmaps, guidance_rows
 from attnctl.core.rows import RowLayout
@@ -47,12 +48,14 @@ class MethodRun:
     Args:
         controls: installed on the denoiser for the call; empty means the parent pipeline runs untouched.
         finish: ``(parent_output) -> method output`` for ``return_dict=True``.
+        arguments: parent call arguments the method replaces (regional prompts' ``prompt=base_prompt``).
     """
 
     controls: list[AttentionControl] = field(default_factory=list)
     finish: Callable[[Any], Any] = lambda output: output
     rows: RowLayout | None = None  # the batch layout of every pass; default: guidance_rows(prompts x images)
     around: Callable[[], AbstractContextManager] | None = None  # entered inside install() for the call
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 class FamilyText:
@@ -321,8 +324,10 @@ class ControlledPipelineMixin(FamilyPipelineMixin):
         passed.update(extra)
         bound.apply_defaults()
         call = {name: value for name, value in bound.arguments.items() if name != "self"}
+        check_call(self, {**call, **method_kwargs})  # every argument, before any model runs
         run = self.prepare(_ReadOnly(call), **method_kwargs)
         return_dict = passed.pop("return_dict", True)
+        passed.update(run.arguments)
         if run.controls:
             rows = run.rows or guidance_rows(self.conditional_row_count(call))
             with self.install(run.controls, rows), (run.around or nullcontext)():

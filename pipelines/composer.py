@@ -22,6 +22,7 @@ from diffusers.image_processor import PipelineImageInput
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from attnctl.checks import check_call
 from attnctl.composer import (
     AUTO,
     CORRELATION,
@@ -303,6 +304,7 @@ class PrimeComposerPipeline(ComposerMethod, StableDiffusionImg2ImgPipeline):
             :class:`PrimeComposerPipelineOutput`, or ``(images, nsfw_content_detected, masks)`` when
             ``return_dict=False``.
         """
+        check_call(self, locals())  # every argument, before any model runs
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         config = ComposerConfig(domain, tau_a, tau_b, tau_c, faithful, rca, solver_order, inversion_token_id)

@@ -25,8 +25,9 @@ from diffusers import (
 )
 from diffusers.utils import BaseOutput
 
-from attnctl.composer import RegionConstrainedCrossAttention, TokenRegion, box_cells
+from attnctl.composer import box_cells
 from attnctl.core import AttentionCall
+from attnctl.layout import LayoutSettings, layout_controls
 
 from .base import ControlledPipelineMixin, MethodRun
 
@@ -93,25 +94,49 @@ class RegionalMethod(ControlledPipelineMixin):
                 tokens.append(text.check_positions(phrase, name, self, call))
         return tokens
 
-    def prepare(self, call: Mapping[str, Any], *, regions: Sequence[RegionInput] | None = None) -> MethodRun:
-        r"""Regional layout's arguments.
+    def region_encodings(self, settings: LayoutSettings, regions: Sequence[RegionInput],
+                         call: Mapping[str, Any]) -> torch.Tensor:
+        """(regions, tokens, dim): each region prompt (default: its phrase) encoded alone, as the attention
+        layers receive a prompt's states."""
+        texts = settings.region_prompts or [phrase for phrase, _ in regions]
+        if not all(isinstance(text, str) for text in texts):
+            raise ValueError("layout_mode='prompts' needs a prompt per region: give region_prompts when regions "
+                             "name token positions")
+        return self.family_text.encode(self, list(texts), call)
+
+    def prepare(
+        self, call: Mapping[str, Any], *, regions: Sequence[RegionInput] | None = None, layout_mode: str = "forbid",
+        layout_strength: float = 1.0, layout_until: float = 1.0, mask_special: str = "off",
+        region_prompts: Sequence[str] | None = None, base_prompt: str | None = None, base_ratio: float = 0.2,
+        region_weights: Sequence[float] | None = None,
+    ) -> MethodRun:
+        r"""Regional layout's arguments (``docs/layout.md``).
 
         Args:
             regions: ``[(phrase, (x0, y0, x1, y1)), ...]`` with the box normalised to ``[0, 1]`` (origin top-left);
                 the phrase must occur in ``prompt``, or be given as token positions in the text keys (CLIP's
                 start token = 0; T5 families have none, their first word is 0). ``None`` or an empty list: the
                 family's stock pipeline.
+            layout_mode: ``"forbid"`` (a phrase's tokens masked outside its box), ``"bias"`` (eDiff-I's
+                paint-with-words bias) or ``"prompts"`` (regional prompts).
+            layout_strength, layout_until: ``bias`` mode, eDiff-I's w and the fraction of steps biased.
+            mask_special: drop the end-of-text and padding keys, ``"off"``, ``"boxes"`` or ``"all"``.
+            region_prompts, base_prompt, base_ratio, region_weights: ``prompts`` mode, one prompt per region
+                (default: its phrase), the prompt for the whole image (default: ``prompt``), the base prompt's
+                share inside the boxes and one weight per region.
 
         Returns :class:`RegionalDiffusionPipelineOutput`, or the parent's tuple when ``return_dict=False``.
         """
         regions = list(regions or [])
         boxes = [check_region_box(box, index) for index, (_, box) in enumerate(regions)]
-        tokens = self.region_tokens(call["prompt"], regions, call)
-        controls = []
-        if regions:
-            controls.append(RegionConstrainedCrossAttention(
-                [TokenRegion(tuple(t), lambda grid, box=box: box_cells(box, grid)) for t, box in zip(tokens, boxes)],
-                conditional_rows, first_token=self.family_text.offset))
+        settings = LayoutSettings(layout_mode, layout_strength, layout_until, mask_special, base_ratio,
+                                  region_weights, region_prompts, base_prompt)
+        settings.check(len(regions))
+        prompts_mode = layout_mode == "prompts"
+        tokens = [[] for _ in regions] if prompts_mode else self.region_tokens(call["prompt"], regions, call)
+        encodings = self.region_encodings(settings, regions, call) if prompts_mode and regions else None
+        controls = layout_controls(self, settings, call["prompt"], boxes, tokens, call["num_inference_steps"],
+                                   conditional_rows, encodings, first_token=self.family_text.offset)
 
         def finish(output) -> RegionalDiffusionPipelineOutput:
             size = self.image_size(call)
@@ -120,7 +145,8 @@ class RegionalMethod(ControlledPipelineMixin):
                 images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
                 region_masks=masks, region_tokens=tokens)
 
-        return MethodRun(controls, finish)
+        arguments = {"prompt": base_prompt} if prompts_mode and base_prompt is not None else {}
+        return MethodRun(controls, finish, arguments)
 
 
 class RegionalDiffusionPipeline(RegionalMethod, StableDiffusionPipeline):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-from .controls import Kernel
+from .controls import ControlSource, Kernel
+from .engine import ControlledProcessor
+from .layers import LayerInfo
 
 
 def dispatch_bshd(query, key, value, attn_mask, backend=None, parallel_config=None) -> torch.Tensor:
@@ -28,3 +30,23 @@ def dispatch_kernel(backend=None, parallel_config=None) -> Kernel:
         return out.transpose(1, 2)
 
     return kernel
+
+
+class DispatchingProcessor(ControlledProcessor):
+    """A controlled processor whose stock version calls the dispatch (Flux, Wan).
+
+    Declares ``_attention_backend`` and ``_parallel_config`` as the stock class does (diffusers hands them only
+    to processors that have the attributes, families.md trap 11) and starts from the stock instance's values.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, controller: ControlSource, layer: LayerInfo, stock: object | None = None) -> None:
+        super().__init__(controller, layer)
+        self._attention_backend = getattr(stock, "_attention_backend", None)
+        self._parallel_config = getattr(stock, "_parallel_config", None)
+
+    def stock_kernel(self, parallel: bool = True) -> Kernel:
+        """The stock dispatch as the engine's default kernel (``parallel``: pass the context-parallel config)."""
+        return dispatch_kernel(self._attention_backend, self._parallel_config if parallel else None)

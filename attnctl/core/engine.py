@@ -141,16 +141,9 @@ class CallHooks:
     def context(self, encoder_hidden_states: torch.Tensor) -> ContextSets | None:
         return next((s for c in self.controls if (s := c.context(self.call, encoder_hidden_states)) is not None), None)
 
-    def attend(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attn_mask: torch.Tensor | None = None,
-        key_weights: torch.Tensor | None = None,
-        default_kernel: Kernel = sdpa,
-    ) -> torch.Tensor:
-        return attend(self.call, self.controls, query, key, value, attn_mask, key_weights, default_kernel)
+    def attend(self, *tensors: torch.Tensor | None, **options: Any) -> torch.Tensor:
+        """:func:`attend` (query, key, value, attn_mask, key_weights, default_kernel) with this call's controls."""
+        return attend(self.call, self.controls, *tensors, **options)
 
     def edit_output(self, output: torch.Tensor) -> torch.Tensor:
         for control in self.controls:

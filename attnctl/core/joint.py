@@ -16,10 +16,8 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttention, _get_qkv_projections
 
-from .controls import ControlSource
-from .dispatch import dispatch_kernel
+from .dispatch import DispatchingProcessor
 from .engine import CallHooks, ControlledProcessor
-from .layers import LayerInfo
 from .processor import _heads, _merge_heads, image_grid
 
 
@@ -55,7 +53,8 @@ class ControlledJointAttnProcessor(ControlledProcessor):
 
         def body(hooks: CallHooks):
             _refuse_context(hooks, encoder_hidden_states)
-            query, key, value = (_heads(p(hidden_states), batch_size, attn.heads) for p in (attn.to_q, attn.to_k, attn.to_v))
+            query, key, value = (_heads(p(hidden_states), batch_size, attn.heads)
+                                 for p in (attn.to_q, attn.to_k, attn.to_v))  # fmt: skip
             if attn.norm_q is not None:
                 query = attn.norm_q(query)
             if attn.norm_k is not None:
@@ -81,21 +80,13 @@ class ControlledJointAttnProcessor(ControlledProcessor):
         return self.controlled(call, body, pair=encoder_hidden_states is not None)
 
 
-class ControlledFluxAttnProcessor(ControlledProcessor):
+class ControlledFluxAttnProcessor(DispatchingProcessor):
     """Flux attention (``FluxAttnProcessor``): double-stream blocks get text and image apart, concatenate
     ``[text, image]`` and return ``(image, text)``; single-stream blocks get ``[text; image]`` already joined,
     with no text length, which the controller learns from ``txt_ids`` in a pre-hook on the transformer
     (``run.text_tokens``). Rotary embeddings, fused projections, q/k RMS norms, the attention dispatch
     (``set_attention_backend``, context parallelism) and ``attention_mask`` work as in the stock processor.
     """
-
-    _attention_backend = None  # set per instance by set_attention_backend, as on the stock one
-    _parallel_config = None
-
-    def __init__(self, controller: ControlSource, layer: LayerInfo, stock: object | None = None) -> None:
-        super().__init__(controller, layer)
-        self._attention_backend = getattr(stock, "_attention_backend", None)
-        self._parallel_config = getattr(stock, "_parallel_config", None)
 
     def __call__(
         self,
@@ -139,9 +130,8 @@ class ControlledFluxAttnProcessor(ControlledProcessor):
             if image_rotary_emb is not None:
                 query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
                 key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-            kernel = dispatch_kernel(self._attention_backend, self._parallel_config)
             out = hooks.attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask,
-                               default_kernel=kernel).transpose(1, 2)  # fmt: skip
+                               default_kernel=self.stock_kernel()).transpose(1, 2)  # fmt: skip
             out = out.flatten(2, 3).to(query.dtype)
             if encoder_hidden_states is None:
                 return out

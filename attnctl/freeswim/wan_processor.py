@@ -19,8 +19,8 @@ from diffusers.models.transformers.transformer_wan import (
 )
 
 from ..core.controls import ControlSource
-from ..core.dispatch import dispatch_bshd, dispatch_kernel
-from ..core.engine import CallHooks, ControlledProcessor
+from ..core.dispatch import DispatchingProcessor, dispatch_bshd
+from ..core.engine import CallHooks
 from ..core.layers import LayerInfo
 from ..core.processor import image_grid
 
@@ -37,7 +37,7 @@ def apply_wan_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs
     return out.type_as(hidden_states)
 
 
-class ControlledWanAttnProcessor(ControlledProcessor):
+class ControlledWanAttnProcessor(DispatchingProcessor):
     """Processor for ``WanAttention`` on the core's hook template (:class:`~attnctl.core.engine.ControlledProcessor`).
 
     Control hooks honoured: ``cached_output``, ``logits_bias``, ``needs_probs``/``edit_logits``/``edit_probs``/
@@ -45,14 +45,6 @@ class ControlledWanAttnProcessor(ControlledProcessor):
     ``context`` (several key/value sets) is not supported on Wan layers and raises. The token grid is the
     transformer's patch grid, which the controller reads before every pass (``run.image_grid``).
     """
-
-    _attention_backend = None  # set per instance by WanAttention.set_attention_backend, as on the stock one
-    _parallel_config = None
-
-    def __init__(self, controller: ControlSource, layer: LayerInfo, stock: object | None = None) -> None:
-        super().__init__(controller, layer)
-        self._attention_backend = getattr(stock, "_attention_backend", None)
-        self._parallel_config = getattr(stock, "_parallel_config", None)
 
     def __call__(
         self,
@@ -99,8 +91,7 @@ class ControlledWanAttnProcessor(ControlledProcessor):
             image_out = dispatch_bshd(query, key_img, value_img, None, self._attention_backend)
             image_out = image_out.flatten(2, 3).type_as(query)
 
-        # Wan passes the parallel config for self-attention only
-        kernel = dispatch_kernel(self._attention_backend, self._parallel_config if is_self_attention else None)
+        kernel = self.stock_kernel(parallel=is_self_attention)  # Wan passes the config for self-attention only
         # (batch, tokens, heads, dim) <-> (batch, heads, tokens, dim) for the engine, as views
         hidden_states = hooks.attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
                                      attention_mask, default_kernel=kernel).transpose(1, 2)  # fmt: skip

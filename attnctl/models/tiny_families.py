@@ -276,6 +276,19 @@ def build_tiny_family_pipeline(family: str, seed: int = 0):
     return getattr(diffusers, class_name)(**build(seed))
 
 
+def tiny_call_arguments(family: str, seed: int = 0, steps: int = 2) -> dict:
+    """Arguments of a fast deterministic call of the tiny ``family`` pipeline: 32 x 48 px, latents out."""
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"family must be one of {sorted(TINY_FAMILIES)}, got {family!r}")
+    arguments = dict(num_inference_steps=steps, height=32, width=48, output_type="latent",
+                     generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    if family != "sdxl":  # T5 prompts are truncated to the stand-in's length
+        arguments["max_sequence_length"] = TINY_MAX_SEQUENCE_LENGTH
+    if family == "pixart":
+        arguments |= dict(use_resolution_binning=False, clean_caption=False)
+    return arguments
+
+
 def save_tiny_family_pipeline(family: str, directory: str | Path, seed: int = 0) -> Path:
     """Build the tiny pipeline of ``family`` and ``save_pretrained`` it to ``directory``."""
     directory = Path(directory)

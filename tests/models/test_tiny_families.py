@@ -8,9 +8,9 @@ import torch
 
 from attnctl.models.tiny_families import (
     TINY_FAMILIES,
-    TINY_MAX_SEQUENCE_LENGTH,
     build_tiny_family_pipeline,
     save_tiny_family_pipeline,
+    tiny_call_arguments,
 )
 
 FIXTURES = {
@@ -22,16 +22,9 @@ FIXTURES = {
 }
 
 
-def run_tiny(pipe, family: str, **kwargs) -> torch.Tensor:
-    """Latents of one 2-step call at 32 x 48 px with the arguments every family's tiny model needs."""
-    arguments = dict(num_inference_steps=2, height=32, width=48, output_type="latent",
-                     generator=torch.Generator().manual_seed(0))  # fmt: skip
-    if family != "sdxl":
-        arguments["max_sequence_length"] = TINY_MAX_SEQUENCE_LENGTH
-    if family == "pixart":
-        arguments |= dict(use_resolution_binning=False, clean_caption=False)
+def run_tiny(pipe, family: str) -> torch.Tensor:
     pipe.set_progress_bar_config(disable=True)
-    return pipe("a red cat on the left", **(arguments | kwargs)).images
+    return pipe("a red cat on the left", **tiny_call_arguments(family)).images
 
 
 @pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
@@ -63,3 +56,10 @@ def test_flux_is_the_dev_variant_with_both_block_kinds():
 def test_unknown_family_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="family must be one of .*'wan'"):
         save_tiny_family_pipeline("wan", tmp_path)
+
+
+def test_call_arguments_name_the_family():
+    assert tiny_call_arguments("pixart")["use_resolution_binning"] is False
+    assert "max_sequence_length" not in tiny_call_arguments("sdxl")
+    with pytest.raises(ValueError, match="family must be one of"):
+        tiny_call_arguments("sd2")

@@ -146,10 +146,10 @@ def test_auto_inversion_token_uses_tf_icons_token_only_where_the_vocabulary_has_
         ({"target_box": None, "target_mask": np.ones((10, 10))}, "target_mask is 10x10 but image is 64x48"),
         ({"subject_words": "cat"}, "'cat' does not occur in prompt"),
         ({"tau_a": 0.9, "tau_b": 0.8}, "tau values are out of order"),
-        ({"tau_b": 1.5}, r"tau_b=1.5 is outside \[0, 1\]"),
+        ({"tau_b": 1.5}, r"tau_b=1.5 is invalid: expected a finite number in \[0, 1\]"),
         ({"subject_words": None}, "pass subject_words"),
         ({"strength": 0.5}, "strength=0.5 is not supported"),
-        ({"height": 50}, "height=50 must be a positive multiple of 4"),
+        ({"height": 50}, "height=50 is invalid: expected a multiple of 4"),
         ({"faithful": True, "height": 64, "width": 32}, "square canvas"),
     ],
 )
