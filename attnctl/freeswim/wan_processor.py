@@ -97,10 +97,15 @@ class ControlledWanAttnProcessor:
     ) -> torch.Tensor:
         batch_size, query_tokens, _ = hidden_states.shape
         is_self_attention = encoder_hidden_states is None
-        call = AttentionCall(
-            self.layer, attn, self.controller, batch_size, query_tokens, self.token_grid(query_tokens)
-        )
+        ulysses, ring = self._context_parallel_degrees() if is_self_attention else (1, 1)
+        tokens = query_tokens * ulysses * ring  # each rank holds 1/(ulysses * ring) of the tokens
+        call = AttentionCall(self.layer, attn, self.controller, batch_size, tokens, self.token_grid(tokens))
         controls = self.controller.controls_for(call)
+        if ring > 1 and controls:
+            raise ValueError(
+                f"layer {self.layer.name}: attnctl controls need every token of a head on one rank; use "
+                f"ContextParallelConfig(ulysses_degree=...) with ring_degree=1 (got ring_degree={ring})"
+            )
         cached = next((out for c in controls if (out := c.cached_output(call)) is not None), None)
         if cached is not None:
             return cached
@@ -127,6 +132,8 @@ class ControlledWanAttnProcessor:
             value_img = value_img.unflatten(2, (attn.heads, -1))
             image_out = self._dispatch(query, key_img, value_img, None, parallel=False).flatten(2, 3).type_as(query)
 
+        if ulysses > 1 and controls:  # the controls see every token of 1/ulysses of the heads
+            query, key, value = (ulysses_all_to_all(t, self._ulysses_group(), gather_tokens=True) for t in (query, key, value))
         # (batch, tokens, heads, dim) <-> (batch, heads, tokens, dim) for the engine, as views
         hidden_states = attend(
             call,
@@ -135,8 +142,10 @@ class ControlledWanAttnProcessor:
             key.transpose(1, 2),
             value.transpose(1, 2),
             attention_mask,
-            default_kernel=self._stock_kernel(parallel=is_self_attention),
+            default_kernel=self._stock_kernel(parallel=is_self_attention and not (ulysses > 1 and controls)),
         ).transpose(1, 2)
+        if ulysses > 1 and controls:
+            hidden_states = ulysses_all_to_all(hidden_states, self._ulysses_group(), gather_tokens=False)
         hidden_states = hidden_states.flatten(2, 3).type_as(query)
         if image_out is not None:
             hidden_states = hidden_states + image_out
@@ -145,6 +154,19 @@ class ControlledWanAttnProcessor:
         for control in controls:
             hidden_states = control.edit_output(call, hidden_states)
         return hidden_states
+
+    def _context_parallel_degrees(self) -> tuple[int, int]:
+        """(ulysses, ring) degrees of diffusers' context parallelism on this layer, (1, 1) without it.
+
+        Ulysses gives each rank all tokens of some heads once exchanged, so controls run unchanged there; ring
+        attention splits the keys across ranks, so a control acting on it is a ``ValueError`` rather than
+        attention over one shard.
+        """
+        context = getattr(self._parallel_config, "context_parallel_config", None)
+        return (1, 1) if context is None else (context.ulysses_degree, context.ring_degree)
+
+    def _ulysses_group(self):
+        return self._parallel_config.context_parallel_config._ulysses_mesh.get_group()
 
     def _stock_kernel(self, parallel: bool) -> Kernel:
         """Wan's dispatch as an engine kernel (SDPA layout in and out); Wan passes the parallel config for
@@ -155,6 +177,28 @@ class ControlledWanAttnProcessor:
             return out.transpose(1, 2)
 
         return kernel
+
+
+def ulysses_all_to_all(tensor: torch.Tensor, group, gather_tokens: bool) -> torch.Tensor:
+    """Ulysses' exchange (Jacobs et al. 2023): (batch, tokens / P, heads, dim) <-> (batch, tokens, heads / P, dim).
+
+    ``gather_tokens=True`` trades heads for tokens: rank r keeps heads ``[r H/P, (r + 1) H/P)`` of every token,
+    tokens in rank order (diffusers' split of the sequence); ``False`` is the inverse.
+    """
+    world = torch.distributed.get_world_size(group)
+    if gather_tokens:
+        batch, tokens, heads, dim = tensor.shape
+        # (batch, tokens/P, P, heads/P, dim) -> (P, tokens/P, batch, heads/P, dim): chunk p goes to rank p
+        chunks = tensor.reshape(batch, tokens, world, heads // world, dim).permute(2, 1, 0, 3, 4).contiguous()
+        received = torch.empty_like(chunks)
+        torch.distributed.all_to_all_single(received, chunks, group=group)  # chunk p came from rank p's tokens
+        return received.flatten(0, 1).permute(1, 0, 2, 3)  # (batch, tokens, heads/P, dim)
+    batch, tokens, heads, dim = tensor.shape
+    # (batch, P, tokens/P, heads/P, dim) -> (P, heads/P, batch, tokens/P, dim): token chunk p goes back to rank p
+    chunks = tensor.reshape(batch, world, tokens // world, heads, dim).permute(1, 3, 0, 2, 4).contiguous()
+    received = torch.empty_like(chunks)
+    torch.distributed.all_to_all_single(received, chunks, group=group)  # chunk p holds rank p's heads
+    return received.flatten(0, 1).permute(1, 2, 0, 3)  # (batch, tokens/P, heads, dim)
 
 
 def wan_processor_factory(transformer: torch.nn.Module) -> ProcessorFactory:
