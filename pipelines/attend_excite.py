@@ -23,6 +23,7 @@ from diffusers.utils import BaseOutput
 
 from attnctl.binding.attend_excite import DEFAULT_THRESHOLDS, AttendExciteLoss, Subject
 from attnctl.binding.pipeline import GuidedMethodMixin, per_prompt, prompt_list
+from attnctl.checks import check_call
 from attnctl.core import TokenHeatmaps
 from attnctl.guidance import GuidanceSchedule, decaying_step_sizes
 from attnctl.structured.phrases import prompt_token_count, subject_words
@@ -113,6 +114,7 @@ class AttendExciteMethod(GuidedMethodMixin):
                 quarter of the latent for larger ones (24x24 at 768 px, 32x32 for SDXL at 1024 px).
             return_attention_maps: also return per-token heat maps of every image.
         """
+        check_call(self, {**locals(), **kwargs})  # every argument, before any model runs
         thresholds = dict(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
         _check_settings(max_iter_to_alter, thresholds, scale_factor)
         prompts = prompt_list(prompt)

@@ -22,6 +22,7 @@ from diffusers.utils import BaseOutput
 
 from attnctl.binding.pipeline import GuidedMethodMixin, per_prompt, prompt_list
 from attnctl.binding.syngen import ModifierIndices, SynGenLoss
+from attnctl.checks import check_call
 from attnctl.core import TokenHeatmaps
 from attnctl.guidance import GuidanceSchedule
 from attnctl.structured.phrases import ModifierSet, modifier_sets, prompt_token_count
@@ -85,6 +86,7 @@ class SynGenMethod(GuidedMethodMixin):
                 every prompt or one list per prompt).
             return_attention_maps: also return per-token heat maps of every image.
         """
+        check_call(self, {**locals(), **kwargs})  # every argument, before any model runs
         if isinstance(syngen_step_size, bool) or not isinstance(syngen_step_size, (int, float)) or syngen_step_size < 0:
             raise ValueError(f"syngen_step_size={syngen_step_size!r} must be a number >= 0")
         if isinstance(num_intervention_steps, bool) or not isinstance(num_intervention_steps, int) \
