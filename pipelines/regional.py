@@ -135,8 +135,7 @@ class RegionalMethod(ControlledPipelineMixin):
         prompts_mode = layout_mode == "prompts"
         tokens = [[] for _ in regions] if prompts_mode else self.region_tokens(call["prompt"], regions, call)
         encodings = self.region_encodings(settings, regions, call) if prompts_mode and regions else None
-        controls = layout_controls(self, settings, call["prompt"], boxes, tokens, call["num_inference_steps"],
-                                   conditional_rows, encodings, first_token=self.family_text.offset)
+        controls = layout_controls(self, settings, call, boxes, tokens, conditional_rows, encodings)
 
         def finish(output) -> RegionalDiffusionPipelineOutput:
             size = self.image_size(call)

@@ -13,8 +13,9 @@ Any mode can drop the end-of-text and padding keys (``mask_special``), inside th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ from ..composer.rca import RowSelector
 from ..core import AttentionCall, AttentionControl
 from .bias import AttentionBiasLayout
 from .couple import RegionalPrompts
-from .masks import Box, end_and_padding_tokens
+from .masks import Box
 
 MODES = ("forbid", "bias", "prompts")
 SPECIAL_MASKS = ("off", "boxes", "all")
@@ -105,38 +106,56 @@ def noise_level(scheduler) -> Callable[[AttentionCall], float]:
                      "alphas_cumprod nor flow-matching timesteps")
 
 
+def special_positions(pipe, call: Mapping[str, Any]) -> list[int]:
+    """Text-key positions that hold neither a start token nor a word of the prompt: the end-of-text and padding
+    keys of every text encoder the attention layers read (SD3: in its CLIP rows and in its T5 rows).
+
+    Found with the family's own token layout (``pipe.family_text``); every prompt of a batch must give the same.
+    """
+    text = pipe.family_text
+    prompt = call.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+    if not prompts:
+        raise ValueError("mask_special needs the prompt text to find its end and padding keys; got no prompt")
+    length, found = text.key_length(pipe, call), []
+    for index, text_prompt in enumerate(prompts):
+        try:
+            words = set(text.word_positions(pipe, text_prompt, text_prompt, f"prompt[{index}]", call))
+        except ValueError:
+            raise ValueError(f"mask_special: prompt {text_prompt!r} does not fit in the {length} text keys; "
+                             "shorten it or leave mask_special='off'") from None
+        found.append([j for j in range(text.offset, length) if j not in words])
+    if any(positions != found[0] for positions in found):
+        raise ValueError("mask_special: the prompts of a batch end at different token positions; give one prompt "
+                         "per call (or prompts of equal token length)")
+    return found[0]
+
+
 def layout_controls(
     pipe,
     settings: LayoutSettings,
-    prompt: str | None,
+    call: Mapping[str, Any],
     boxes: Sequence[Box],
     tokens: Sequence[Sequence[int]],
-    num_inference_steps: int,
     rows: RowSelector,
     region_encodings: torch.Tensor | None = None,
-    first_token: int = 1,
 ) -> list[AttentionControl]:
-    """The controls for one pipeline call (empty when there are no regions: the stock pipeline runs).
-
-    ``first_token``: the text-key position of the prompt's first word (1 after CLIP's start token, 0 for T5)."""
+    """The controls for one pipeline call (``call``: its arguments); empty when there are no regions, so the
+    stock pipeline runs."""
     if not boxes:
         return []
     if settings.mode == "prompts":
         weights = settings.region_weights or [1.0] * len(boxes)
         return [RegionalPrompts(boxes, region_encodings, settings.base_ratio, weights, rows)]
-    special: list[int] = []
-    if settings.mask_special != "off":
-        if not isinstance(prompt, str):
-            raise ValueError("mask_special needs one prompt string (its end and padding positions); got "
-                             f"{type(prompt).__name__}")
-        special = end_and_padding_tokens(pipe.tokenizer, prompt)
+    special = special_positions(pipe, call) if settings.mask_special != "off" else []
     if settings.mode == "forbid":
         regions = [TokenRegion(tuple(t), lambda grid, box=box: box_cells(box, grid)) for t, box in zip(tokens, boxes)]
-        controls: list[AttentionControl] = [RegionConstrainedCrossAttention(regions, rows, first_token=first_token)]
-        if special:
+        controls: list[AttentionControl] = [
+            RegionConstrainedCrossAttention(regions, rows, first_token=pipe.family_text.offset)]
+        if special:  # the bias control with strength 0 is the end/padding mask alone
             controls.append(AttentionBiasLayout(boxes, tokens, 0.0, lambda call: 0.0, 0, special,
                                                 settings.mask_special, rows))
         return controls
-    active = math.ceil(settings.until * num_inference_steps)
+    active = math.ceil(settings.until * call["num_inference_steps"])
     return [AttentionBiasLayout(boxes, tokens, settings.strength, noise_level(pipe.scheduler), active, special,
                                 settings.mask_special, rows)]

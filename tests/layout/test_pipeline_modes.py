@@ -8,6 +8,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from attnctl import RegionalDiffusionPipeline
+from attnctl.layout import special_positions
+from attnctl.models.tiny_families import TINY_MAX_SEQUENCE_LENGTH
 
 PROMPT = "a red car next to a blue bird"
 REGIONS = [("red car", (0.0, 0.2, 0.5, 1.0)), ("blue bird", (0.6, 0.0, 1.0, 0.4))]
@@ -75,3 +77,22 @@ def test_each_mode_changes_the_image_and_restores_the_processors(pipe, stock, se
 def test_bad_layout_settings_raise(pipe, settings, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
         _run(pipe, regions=REGIONS, **settings)
+
+
+def test_special_positions_are_the_end_and_padding_keys(pipe):
+    call = {**pipe.default_call(), "prompt": PROMPT}
+    ids = pipe.tokenizer(PROMPT, padding="max_length", max_length=pipe.tokenizer.model_max_length).input_ids
+    end = ids.index(pipe.tokenizer.eos_token_id)
+    assert special_positions(pipe, call) == list(range(end, pipe.tokenizer.model_max_length))
+    with pytest.raises(ValueError, match="end at different token positions"):
+        special_positions(pipe, {**call, "prompt": [PROMPT, "a red car"]})
+
+
+def test_special_positions_cover_both_text_encoders_of_sd3(tiny_sd3_path):
+    sd3 = RegionalDiffusionPipeline.from_pretrained(tiny_sd3_path)
+    call = {**sd3.default_call(), "prompt": "a red car", "max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+    clip_rows = sd3.tokenizer_max_length
+    words = sd3.family_text.word_positions(sd3, "a red car", "a red car", "prompt", call)
+    expected = [j for j in range(1, clip_rows + TINY_MAX_SEQUENCE_LENGTH) if j not in words]
+    assert special_positions(sd3, call) == expected
+    assert any(j < clip_rows for j in expected) and any(j >= clip_rows for j in expected)
