@@ -5,7 +5,9 @@ Modes of ``RegionalDiffusionPipeline(layout_mode=...)``:
 * ``"forbid"``  a phrase's tokens are masked outside its box (PrimeComposer's RCA, the original behaviour);
 * ``"bias"``    eDiff-I's paint-with-words bias, +inside / -outside, scaled by ``log(1 + sigma) max(QK^T)``;
 * ``"prompts"`` regional prompts: each box takes its cross-attention output from its own prompt, mixed with a
-  base prompt (Regional Prompter, attention couple).
+  base prompt (Regional Prompter, attention couple);
+* ``"guidance"`` layout guidance by gradient (Chen et al. 2024 backward guidance): the latents move down the
+  gradient of each phrase's attention mass outside its box, on the shared guidance machinery.
 
 Any mode can drop the end-of-text and padding keys (``mask_special``), inside the boxes or everywhere.
 """
@@ -26,7 +28,7 @@ from .bias import AttentionBiasLayout
 from .couple import RegionalPrompts
 from .masks import Box
 
-MODES = ("forbid", "bias", "prompts")
+MODES = ("forbid", "bias", "prompts", "guidance")
 SPECIAL_MASKS = ("off", "boxes", "all")
 
 
@@ -36,8 +38,9 @@ class LayoutSettings:
 
     Args:
         mode: one of :data:`MODES`.
-        strength: ``bias`` mode, eDiff-I's w (>= 0).
-        until: ``bias`` mode, the fraction of the steps (from the first) that get the bias, in (0, 1].
+        strength: ``bias`` mode, eDiff-I's w; ``guidance`` mode, the step size eta (>= 0).
+        until: ``bias`` and ``guidance`` modes, the fraction of the steps (from the first) that get the bias or
+            the latent updates, in (0, 1].
         mask_special: drop the end-of-text and padding keys: ``"off"``, ``"boxes"`` (queries inside any box)
             or ``"all"``; with ``forbid`` and ``bias`` modes.
         base_ratio: ``prompts`` mode, the base prompt's share inside the boxes, in [0, 1].
@@ -60,9 +63,9 @@ class LayoutSettings:
             raise ValueError(f"layout_mode={self.mode!r} is not one of {MODES}")
         if self.mask_special not in SPECIAL_MASKS:
             raise ValueError(f"mask_special={self.mask_special!r} is not one of {SPECIAL_MASKS}")
-        if self.mode == "prompts" and self.mask_special != "off":
-            raise ValueError(f"mask_special={self.mask_special!r} works with layout_mode 'forbid' and 'bias'; "
-                             "regional prompts replace the whole text context inside a box")
+        if self.mode in ("prompts", "guidance") and self.mask_special != "off":
+            raise ValueError(f"mask_special={self.mask_special!r} works with layout_mode 'forbid' and 'bias', "
+                             f"not {self.mode!r}")
         if not (math.isfinite(self.strength) and self.strength >= 0):
             raise ValueError(f"layout_strength={self.strength!r} must be a finite number >= 0")
         if not 0 < self.until <= 1:
@@ -142,7 +145,7 @@ def layout_controls(
 ) -> list[AttentionControl]:
     """The controls for one pipeline call (``call``: its arguments); empty when there are no regions, so the
     stock pipeline runs."""
-    if not boxes:
+    if not boxes or settings.mode == "guidance":  # guidance moves the latents: see layout_runner
         return []
     if settings.mode == "prompts":
         weights = settings.region_weights or [1.0] * len(boxes)
@@ -159,3 +162,29 @@ def layout_controls(
     active = math.ceil(settings.until * call["num_inference_steps"])
     return [AttentionBiasLayout(boxes, tokens, settings.strength, noise_level(pipe.scheduler), active, special,
                                 settings.mask_special, rows)]
+
+
+def layout_runner(pipe, settings: LayoutSettings, call: Mapping[str, Any], boxes: Sequence[Box],
+                  tokens: Sequence[Sequence[int]]) -> Callable[[Callable[..., Any], dict[str, Any]], Any] | None:
+    """``guidance`` mode: ``(parent_call, arguments) -> output``, the parent's own call with the latents guided
+    by :class:`~attnctl.layout.guidance.BoxMassLoss` through :func:`attnctl.guidance.guided_call` (the machinery
+    Attend-and-Excite uses). ``None`` in the other modes and when guidance is off (no regions, strength 0)."""
+    if settings.mode != "guidance" or not boxes or settings.strength == 0:
+        return None
+    alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
+    if alphas is None or not hasattr(pipe, "unet"):
+        raise ValueError(f"layout_mode='guidance' runs on UNet pipelines with a VP scheduler (SD 1.x/2.x, SDXL); "
+                         f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} is not one")
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+
+    from ..guidance import GradientMaps, guided_call
+    from .guidance import BoxMassLoss, layout_schedule
+
+    def run(parent_call: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+        timesteps, _ = retrieve_timesteps(pipe.scheduler, call["num_inference_steps"], "cpu", call.get("timesteps"),
+                                          call.get("sigmas"))
+        schedule = layout_schedule(settings.strength, settings.until, alphas, timesteps.tolist())
+        output, _ = guided_call(pipe, parent_call, arguments, BoxMassLoss(boxes, tokens), schedule, GradientMaps())
+        return output
+
+    return run

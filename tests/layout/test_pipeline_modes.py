@@ -36,13 +36,26 @@ def _run(pipeline, **overrides):
     return pipeline(**kwargs)
 
 
-@pytest.mark.parametrize("mode", ["forbid", "bias", "prompts"])
+@pytest.mark.parametrize("mode", ["forbid", "bias", "prompts", "guidance"])
 def test_no_regions_is_stock_in_every_mode(pipe, stock, mode):
     assert np.array_equal(_run(pipe, layout_mode=mode, mask_special="off").images, stock)
 
 
 def test_bias_with_zero_strength_is_stock(pipe, stock):
     assert np.array_equal(_run(pipe, regions=REGIONS, layout_mode="bias", layout_strength=0.0).images, stock)
+
+
+def test_guidance_with_zero_step_size_is_stock(pipe, stock):
+    assert np.array_equal(_run(pipe, regions=REGIONS, layout_mode="guidance", layout_strength=0.0).images, stock)
+
+
+def test_guidance_moves_the_latents_and_changes_the_image(pipe, tiny_sd_path):
+    square = dict(height=32, width=32, num_inference_steps=3)  # maps on the 16x16 grid of a square latent
+    stock = StableDiffusionPipeline.from_pretrained(tiny_sd_path)
+    stock.set_progress_bar_config(disable=True)
+    expected = _run(stock, **square).images
+    guided = _run(pipe, regions=REGIONS, layout_mode="guidance", layout_strength=50.0, layout_until=0.5, **square)
+    assert np.isfinite(guided.images).all() and not np.array_equal(guided.images, expected)
 
 
 def test_regional_prompts_with_base_ratio_one_is_stock_up_to_rounding(pipe, stock):
@@ -67,6 +80,7 @@ def test_each_mode_changes_the_image_and_restores_the_processors(pipe, stock, se
     (dict(layout_mode="paint"), "layout_mode='paint'"),
     (dict(mask_special="eot"), "mask_special='eot'"),
     (dict(layout_mode="prompts", mask_special="boxes"), "mask_special='boxes' works with"),
+    (dict(layout_mode="guidance", mask_special="all"), "not 'guidance'"),
     (dict(layout_mode="bias", layout_strength=-1.0), "layout_strength=-1.0"),
     (dict(layout_mode="bias", layout_until=0.0), "layout_until=0.0"),
     (dict(layout_mode="prompts", base_ratio=1.5), "base_ratio=1.5"),
