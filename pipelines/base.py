@@ -23,6 +23,7 @@ The mixin then gives the variant
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,11 +47,14 @@ class MethodRun:
         controls: installed on the denoiser for the call; empty means the parent pipeline runs untouched.
         finish: ``(parent_output) -> method output`` for ``return_dict=True``.
         arguments: parent call arguments the method replaces (regional prompts' ``prompt=base_prompt``).
+        runner: ``(parent_call, arguments) -> parent output``, for methods that run the parent call themselves
+            (gradient guidance of the latents, :func:`attnctl.guidance.guided_call`); ``None``: the mixin does.
     """
 
     controls: list[AttentionControl] = field(default_factory=list)
     finish: Callable[[Any], Any] = lambda output: output
     arguments: dict[str, Any] = field(default_factory=dict)
+    runner: Callable[[Callable[..., Any], dict[str, Any]], Any] | None = None
 
 
 class FamilyText:
@@ -294,7 +298,9 @@ class ControlledPipelineMixin(FamilyPipelineMixin):
         run = self.prepare(_ReadOnly(call), **method_kwargs)
         return_dict = passed.pop("return_dict", True)
         passed.update(run.arguments)
-        if run.controls:
+        if run.runner is not None:
+            output = run.runner(functools.partial(parent.__call__, self), {**passed, "return_dict": True})
+        elif run.controls:
             with self.install(run.controls, guidance_rows(self.conditional_row_count(call))):
                 output = parent.__call__(self, **passed, return_dict=True)
         else:
