@@ -29,7 +29,7 @@ MAX_SEED = 2**63 - 1
 MAX_STEPS = 10_000
 MAX_GUIDANCE = 100.0
 MAX_BATCH = 1_000
-MAX_SIDE = 16_384  # pixels per side of any image or video frame attnctl generates
+MAX_SIDE = 8_192  # pixels per side of any image or video frame attnctl generates (or reads)
 
 
 def fail(name: str, value: Any, expected: str) -> ValueError:

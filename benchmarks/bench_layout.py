@@ -54,7 +54,7 @@ CONFIGS = {
     "forbid": dict(layout_mode="forbid"),
     "forbid+mask": dict(layout_mode="forbid", mask_special="boxes"),
     "bias": dict(layout_mode="bias", layout_strength=0.5, layout_until=1.0),
-    "prompts": dict(layout_mode="prompts", base_ratio=0.2),
+    "prompts": dict(layout_mode="prompts", base_ratio=0.3),
 }
 #: The tuning run (``--tune``): a few settings per mode on other seeds, to fix CONFIGS before measuring.
 TUNING = {
@@ -249,12 +249,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="pipeline directory (default: the shipped one)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--jobs", type=int, default=48, help="N of the 96 two-object jobs, evenly spread")
+    parser.add_argument("--jobs", type=int, default=32, help="N of the 96 two-object jobs, evenly spread")
     parser.add_argument("--singles", type=int, default=12, help="the first N of the 12 single-object jobs")
     parser.add_argument("--tune", action="store_true", help="run the TUNING settings instead of CONFIGS")
     parser.add_argument("--seed-offset", type=int, default=0, help="shift every seed (10_000 for tuning runs)")
-    parser.add_argument("--attention", type=int, default=16, help="jobs for the attention-share measurement")
-    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--attention", type=int, default=8, help="jobs for the attention-share measurement")
+    parser.add_argument("--processes", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)

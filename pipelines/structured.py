@@ -96,9 +96,8 @@ class StructuredMethod(ControlledPipelineMixin):
             return [list(items or []) for items in per_prompt]
         try:
             return [self.parse_phrases(p, items) for p, items in zip(prompts, per_prompt)]
-        except RuntimeError as error:  # no English spaCy pipeline installed
-            warnings.warn(f"structured guidance is off: {error}", UserWarning, stacklevel=3)
-            return None
+        except RuntimeError as error:  # no English spaCy pipeline installed: never stock images labelled structured
+            raise ValueError(f"phrases: {error}; or struct_mode=None for stock Stable Diffusion") from None
 
     def encode_phrases(self, phrases_per_prompt: list[list[Phrase]], call: Mapping[str, Any]) -> list[list[PhraseEncoding]]:
         """Encode every phrase on its own with the family's text encoders (one batched call)."""

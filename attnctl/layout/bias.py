@@ -93,21 +93,31 @@ class AttentionBiasLayout(AttentionControl):
         return self._cache[key]
 
     def logits_bias(self, call: AttentionCall, query_len: int, key_len: int) -> torch.Tensor | None:
-        keep = self._matrices(call.grid, key_len)[1]
+        """The end/padding keep-mask on the image-query x text-key block (joint attention: the rest kept)."""
+        image_queries, text_keys = _cross_shape(call, query_len, key_len)
+        keep = self._matrices(call.grid, text_keys)[1]
         if keep is None:
             return None
-        mask = torch.ones(call.batch_size, 1, query_len, key_len, dtype=torch.bool, device=call_device(call))
+        mask = torch.ones(call.batch_size, 1, image_queries, text_keys, dtype=torch.bool, device=call_device(call))
         mask[self.rows(call)] = keep.to(mask.device)  # (batch, 1, q, k)
-        return mask
+        return call.joint_bias(mask, query_len, key_len) if call.is_joint else mask
 
     def needs_probs(self, call: AttentionCall) -> bool:
         return self._biasing(call)  # the bias scales with max(QK^T), so the logits must be formed
 
     def edit_logits(self, call: AttentionCall, logits: torch.Tensor) -> torch.Tensor:
+        """eDiff-I's bias on the cross block of the chosen rows (joint attention: image queries x text keys)."""
         if not self._biasing(call):
             return logits
-        matrix = self._matrices(call.grid, logits.shape[-1])[0]
-        rows = self.rows(call)
         edited = logits.clone()
-        edited[rows] = ediffi_bias(logits[rows], matrix, self.strength, self.sigma(call))
+        block = call.cross(edited[self.rows(call)])  # (rows, heads, image queries, text keys), a view
+        matrix = self._matrices(call.grid, block.shape[-1])[0]
+        block.copy_(ediffi_bias(block, matrix, self.strength, self.sigma(call)))
         return edited
+
+
+def _cross_shape(call: AttentionCall, query_len: int, key_len: int) -> tuple[int, int]:
+    """(image queries, text keys) of a call: the whole logits in cross-attention, a block in joint attention."""
+    if not call.is_joint:
+        return query_len, key_len
+    return tuple(call.cross(torch.empty(query_len, key_len, device="meta")).shape)

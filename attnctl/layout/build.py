@@ -88,7 +88,7 @@ def noise_level(scheduler) -> Callable[[AttentionCall], float]:
     alphas = getattr(scheduler, "alphas_cumprod", None)
     if alphas is not None:
         def vp(call: AttentionCall) -> float:
-            index = min(max(int(round(call.controller.timestep)), 0), len(alphas) - 1)
+            index = min(max(int(round(call.run.timestep)), 0), len(alphas) - 1)
             abar = float(alphas[index])
             return math.sqrt((1 - abar) / abar)
 
@@ -97,7 +97,7 @@ def noise_level(scheduler) -> Callable[[AttentionCall], float]:
         total = scheduler.config.num_train_timesteps
 
         def flow(call: AttentionCall) -> float:
-            s = min(call.controller.timestep / total, 1 - 1e-6)
+            s = min(call.run.timestep / total, 1 - 1e-6)
             return s / (1 - s)
 
         return flow

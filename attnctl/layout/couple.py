@@ -65,6 +65,9 @@ class RegionalPrompts(AttentionControl):
 
     def context(self, call: AttentionCall, encoder_hidden_states: torch.Tensor) -> ContextSets:
         """(batch, (regions + 1) * tokens, dim): the layer's own context, then every region's encoding."""
+        if call.is_joint:
+            raise ValueError(f"layout_mode='prompts' needs cross-attention layers (SD 1.x/2.x, SDXL); layer "
+                             f"{call.layer.name} is joint attention, where text and image tokens share one sequence")
         if encoder_hidden_states.shape[1:] != self.encodings.shape[1:]:
             raise ValueError(
                 f"region prompt encodings are {tuple(self.encodings.shape[1:])} (tokens, dim) but the layer's "
@@ -87,14 +90,16 @@ class RegionalPrompts(AttentionControl):
 
     def kernel(self, call: AttentionCall):
         def mixed(query, key, value, attn_mask):
+            if attn_mask is not None:
+                raise ValueError(f"layout_mode='prompts' does not take an encoder attention mask (layer "
+                                 f"{call.layer.name}); the region prompts would need their own")
             blocks = len(self.boxes) + 1
             length = key.shape[-2] // blocks
             weights = self.mixing(call, query.shape[0]).to(query)
             out = 0
             for index in range(blocks):
                 part = slice(index * length, (index + 1) * length)
-                mask = None if attn_mask is None else attn_mask[..., part]
-                out = out + sdpa(query, key[..., part, :], value[..., part, :], mask) * weights[index]
+                out = out + sdpa(query, key[..., part, :], value[..., part, :], None) * weights[index]
             return out
 
         return mixed

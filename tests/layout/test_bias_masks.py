@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from attnctl.core import AttentionCall, AttentionController, LayerInfo, attend
+from attnctl.core import AttentionCall, LayerInfo, attend
+from attnctl.core.run import RunState
 from attnctl.layout import (
     AttentionBiasLayout,
     ediffi_bias,
@@ -72,10 +73,8 @@ def test_end_and_padding_positions_follow_the_tokenizer(tiny_sd_path):
 
 
 def _call(batch: int, grid: tuple[int, int], step: int = 0) -> AttentionCall:
-    controller = AttentionController()
-    controller.step, controller.timestep = step, 500.0
     layer = LayerInfo.from_name("down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor", True, 0)
-    return AttentionCall(layer, None, controller, batch, grid[0] * grid[1], grid)
+    return AttentionCall(layer, None, RunState(step=step, timestep=500.0), batch, grid[0] * grid[1], grid)
 
 
 @pytest.mark.parametrize("mask_special", ["off", "boxes", "all"])

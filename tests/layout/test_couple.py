@@ -32,7 +32,7 @@ def layer():
 def _control(layer: Attention, control: RegionalPrompts) -> None:
     """Give ``layer`` a controlled processor on a 2x4 token grid."""
     controller = AttentionController([control])
-    controller.sample_hw, controller.step = (2, 4), 0
+    controller.on_model_forward(torch.zeros(1, 4, 2, 4), 500)  # step 0 on a 2x4 latent
     info = LayerInfo.from_name("down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor", True, 0)
     layer.set_processor(ControlledAttnProcessor(controller, info))
 

@@ -100,14 +100,13 @@ def test_prompt_embeds_without_phrases_warns_and_runs_stock(pipe, stock):
     torch.testing.assert_close(out.images, _images(stock).images, atol=1e-6, rtol=0)
 
 
-def test_missing_spacy_pipeline_warns_once_and_falls_back_to_stock(pipe, stock, monkeypatch):
+def test_missing_spacy_pipeline_raises_where_no_phrases_can_be_had(pipe, stock, monkeypatch):
     import attnctl.structured.phrases as phrases_module
 
     monkeypatch.setattr(phrases_module, "load_english_pipeline", lambda: None)
-    with pytest.warns(UserWarning, match="no English spaCy pipeline") as record:
-        out = _images(pipe)
-    assert len([w for w in record if "spaCy" in str(w.message)]) == 1
-    assert torch.equal(out.images, _images(stock).images)
+    with pytest.raises(ValueError, match="phrases: no English spaCy pipeline is installed .*struct_mode=None"):
+        _images(pipe)
+    assert _images(pipe, phrases=["a red car"]).images.shape == _images(stock).images.shape  # given phrases work
 
 
 def test_attention_maps_are_labelled_per_token_at_image_size(pipe):
