@@ -27,7 +27,11 @@ install: $(STAMP)
 demo: install
 	$(PY) -m attnctl generate --method plain --steps 20 --guidance 4 --prompts examples/demo-prompts.txt --out outputs/demo/stock
 	$(PY) -m attnctl generate --method structured --steps 20 --guidance 4 --prompts examples/demo-prompts.txt --out outputs/demo/structured
-	@echo "images, manifest.jsonl and summary.json in outputs/demo/{stock,structured}"
+	for mode in forbid bias prompts; do \
+		$(PY) -m attnctl generate --method regional --steps 20 --guidance 4 --set layout_mode=$$mode \
+			--prompts examples/demo-layout.jsonl --out outputs/demo/layout-$$mode || exit 1; \
+	done
+	@echo "images, manifest.jsonl and summary.json in outputs/demo/{stock,structured,layout-forbid,layout-bias,layout-prompts}"
 
 lint: install
 	$(PY) -m ruff check .

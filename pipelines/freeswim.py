@@ -44,6 +44,7 @@ from diffusers.pipelines.wan.pipeline_wan_video2video import retrieve_latents
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from attnctl.checks import check_call, pixel_multiple, video_frames
 from attnctl.core import AttentionController
 from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls
 from attnctl.freeswim.wan_processor import TEXT_TOKENS, wan_processor_factory
@@ -314,6 +315,7 @@ class FreeSwimStages:
         Returns:
             :class:`FreeSwimPipelineOutput`, or ``(frames, native_frames)`` with ``return_dict=False``.
         """
+        check_call(self, locals())  # every argument, before any model runs
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         self.check_freeswim_inputs(
@@ -411,6 +413,7 @@ class FreeSwimStages:
 
     def _user_video(self, video: VideoInput, batch_size: int) -> torch.Tensor:
         """(batch, 3, frames, h, w) in [-1, 1] from user frames; one video is repeated for every prompt row."""
+        video = video_frames("video", video, pixel_multiple(self))  # any mode or depth as 8-bit RGB
         tensor = self.video_processor.preprocess_video(video).to(dtype=torch.float32)
         count = tensor.shape[2]
         if (count - 1) % self.vae_scale_factor_temporal:

@@ -17,39 +17,27 @@ Finally the EMA weights are exported as a diffusers ``StableDiffusionPipeline`` 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
-import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from attnctl.models.latent_norm import standardize_vae_latents
-from attnctl.models.tokenizer import write_clip_tokenizer
+from attnctl.models.training import (
+    Checkpointer,
+    batch_rng,
+    build_text_encoder,
+    build_tokenizer,
+    build_unet,
+    save_pipeline,
+    train_denoiser,
+)
 from attnctl.shapes.render import render_batch
-from attnctl.shapes.scene import CAPTION_WORDS, sample_codec_scene, sample_training_scene
-
-MAX_TOKENS = 24
-CAPTION_DROPOUT = 0.1
-MIN_SNR_GAMMA = 5.0
-SCHEDULE = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-}
-
-
-def build_tokenizer(directory: Path):
-    """The CLIP tokenizer whose vocabulary makes every caption word a single token."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory, CAPTION_WORDS, MAX_TOKENS))
+from attnctl.shapes.scene import sample_codec_scene, sample_training_scene
 
 
 def build_vae():
@@ -69,48 +57,6 @@ def build_vae():
     )
 
 
-def build_text_encoder(tokenizer):
-    """A small causal CLIP text transformer (width 64 = the UNet's cross-attention dim)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=MAX_TOKENS,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-
-
-def build_unet():
-    """A small SD-style UNet on 16x16x4 latents with cross-attention at 16x16, 8x8 and 4x4 (mid)."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(48, 96, 128),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64,
-        attention_head_dim=4,
-        norm_num_groups=16,
-    )
-
-
-def batch_rng(seed: int, phase: str, step: int) -> np.random.Generator:
-    """The scene sampler's generator for one batch: a pure function of (seed, phase, step)."""
-    return np.random.default_rng([seed, {"vae": 0, "unet": 1, "scale": 2, "decoder": 3}[phase], step])
-
-
 def training_batch(seed: int, phase: str, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
     """Rendered images (batch, 3, 64, 64) in [-1, 1] and their captions."""
     rng = batch_rng(seed, phase, step)
@@ -128,52 +74,6 @@ def vae_loss(vae, images: torch.Tensor, generator: torch.Generator, kl_weight: f
         + F.mse_loss(reconstruction, images)
         + kl_weight * posterior.kl().mean()
     )
-
-
-def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Per-sample loss weights min(SNR, gamma) / SNR for epsilon prediction (Hang et al. 2023, Eq. 9)."""
-    alpha_bar = alphas_cumprod[timesteps]
-    snr = alpha_bar / (1 - alpha_bar)
-    return torch.clamp(snr, max=gamma) / snr
-
-
-def encode_captions(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
-    """Token embeddings (batch, MAX_TOKENS, 64) exactly as ``StableDiffusionPipeline`` computes them."""
-    ids = tokenizer(
-        captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
-    )
-    return text_encoder(ids.input_ids)[0]
-
-
-@torch.no_grad()
-def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
-    """EMA with the usual warm-up decay min(max_decay, (1 + step) / (10 + step))."""
-    decay = min(max_decay, (1 + step) / (10 + step))
-    for ema_param, param in zip(ema_model.parameters(), model.parameters()):
-        ema_param.lerp_(param, 1 - decay)
-
-
-def learning_rate(step: int, base: float, warmup: int) -> float:
-    """Linear warm-up to ``base``, then constant (the EMA does the averaging)."""
-    return base * min(1.0, (step + 1) / warmup)
-
-
-class Checkpointer:
-    """Atomic ``torch.save`` of the whole training state every ``minutes`` and on demand."""
-
-    def __init__(self, path: Path, minutes: float):
-        self.path, self.interval, self.last = path, minutes * 60, time.monotonic()
-
-    def due(self) -> bool:
-        """Whether ``minutes`` have passed since the last save."""
-        return time.monotonic() - self.last >= self.interval
-
-    def save(self, state: dict) -> None:
-        """Write ``state`` to a temporary file and rename it over the checkpoint."""
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
-        self.last = time.monotonic()
 
 
 def train_vae(args, vae, state: dict, checkpointer: Checkpointer, deadline: float) -> None:
@@ -206,7 +106,7 @@ def finetune_decoder(args, vae, checkpointer: Checkpointer, deadline: float) -> 
     vae.decoder.requires_grad_(True)
     params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
-    state = torch.load(checkpointer.path, weights_only=False) if checkpointer.path.exists() else {"step": 0}
+    state = checkpointer.load(default={"step": 0})
     if "decoder" in state:
         vae.load_state_dict(state["decoder"])
         optimizer.load_state_dict(state["optimizer"])
@@ -248,89 +148,21 @@ def latent_statistics(args, vae, num_batches: int = 8) -> tuple[torch.Tensor, to
 
 
 def train_unet(args, vae, tokenizer, text_encoder, unet, state, checkpointer: Checkpointer, deadline: float):
-    """Phase 2: denoiser + text encoder with caption dropout, min-SNR weights and EMA copies."""
-    from diffusers import DDPMScheduler
-
-    noise_scheduler = DDPMScheduler(**SCHEDULE)
-    alphas_cumprod = noise_scheduler.alphas_cumprod
-    ema_unet, ema_text = (
-        copy.deepcopy(unet).requires_grad_(False),
-        copy.deepcopy(text_encoder).requires_grad_(False),
-    )
-    if "ema_unet" in state:
-        ema_unet.load_state_dict(state["ema_unet"])
-        ema_text.load_state_dict(state["ema_text"])
-    params = [*unet.parameters(), *text_encoder.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    if "optimizer" in state:
-        optimizer.load_state_dict(state["optimizer"])
-    vae.requires_grad_(False)
-    bar = tqdm(
-        range(state["step"], args.unet_steps), desc="unet", initial=state["step"], total=args.unet_steps
-    )
-    smoothed = None
-    for step in bar:
-        images, captions = training_batch(args.seed, "unet", step, args.batch_size)
-        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        drop = torch.rand(len(captions), generator=generator) < CAPTION_DROPOUT
-        captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
-        with torch.no_grad():
-            latents = vae.encode(images).latent_dist.sample(generator)  # (B, 4, 16, 16), standardised
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, SCHEDULE["num_train_timesteps"], (len(captions),), generator=generator)
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction = unet(noisy, timesteps, encode_captions(tokenizer, text_encoder, captions)).sample
-        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weights(alphas_cumprod, timesteps, MIN_SNR_GAMMA)).mean()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.lr, args.warmup)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        update_ema(ema_unet, unet, step, args.ema_decay)
-        update_ema(ema_text, text_encoder, step, args.ema_decay)
-        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{smoothed:.4f}")
-        finished = step + 1 == args.unet_steps or time.monotonic() > deadline
-        if checkpointer.due() or finished:
-            state.update(
-                step=step + 1,
-                unet=unet.state_dict(),
-                text_encoder=text_encoder.state_dict(),
-                ema_unet=ema_unet.state_dict(),
-                ema_text=ema_text.state_dict(),
-                optimizer=optimizer.state_dict(),
-            )
-            checkpointer.save(state)
-        if finished and step + 1 < args.unet_steps:
-            print(
-                f"deadline reached at unet step {step + 1}/{args.unet_steps}; exporting the EMA weights so far"
-            )
-            break
+    """Phase 2: denoiser + text encoder jointly (caption dropout, min-SNR weights, EMA copies of both)."""
+    train_denoiser(
+        args, vae, tokenizer, text_encoder, unet, state, checkpointer, deadline,
+        batch=lambda step: training_batch(args.seed, "unet", step, args.batch_size), train_text=True,
+    )  # fmt: skip
 
 
 def export_pipeline(state: dict, decoder_state: dict, tokenizer, directory: Path) -> None:
     """Save the EMA weights and fine-tuned decoder as a ``StableDiffusionPipeline`` (safetensors, DDIM)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
     vae, text_encoder, unet = build_vae(), build_text_encoder(tokenizer), build_unet()
     vae.load_state_dict(decoder_state["decoder"])
     vae.register_to_config(scaling_factor=1.0)
     text_encoder.load_state_dict(state["ema_text"])
     unet.load_state_dict(state["ema_unet"])
-    scheduler = DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(directory, safe_serialization=True)
+    save_pipeline(vae, text_encoder, tokenizer, unet, directory)
     info = {
         "vae_steps": state["vae_steps_done"],
         "unet_steps": state["step"],
@@ -377,8 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(args.out / "tokenizer")
     checkpointer = Checkpointer(args.out / "checkpoint.pt", args.checkpoint_minutes)
-    path = args.out / "checkpoint.pt"
-    state = torch.load(path, weights_only=False) if path.exists() else {"phase": "vae", "step": 0}
+    path = checkpointer.path
+    state = checkpointer.load(default={"phase": "vae", "step": 0})
     state["args"] = {k: str(v) for k, v in vars(args).items()}
 
     torch.manual_seed(args.seed)
@@ -407,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     train_unet(args, vae, tokenizer, text_encoder, unet, state, checkpointer, deadline)
     finetune_decoder(args, vae, decoder_checkpointer, deadline)
     if args.export is not None:
-        decoder_state = torch.load(decoder_checkpointer.path, weights_only=False)
+        decoder_state = decoder_checkpointer.load(default={})
         export_pipeline(state, decoder_state, tokenizer, args.export)
         print(f"exported the EMA pipeline to {args.export}")
 

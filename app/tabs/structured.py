@@ -11,22 +11,25 @@ from functools import partial
 
 import gradio as gr
 
-from attnctl import StructuredDiffusionPipeline
+from attnctl.methods.structured import SPEC as STRUCTURED
 from attnctl.structured import STRUCT_MODES
 
 from ..heatmaps import token_overlays
 from ..models import MODEL_QUEUE, ModelCache
 from ..progress import step_progress
 from ..validation import (
+    capped,
     phrase_lines,
     required_text,
     seeded_generator,
+    spec_values,
     user_error,
     user_errors,
-    whole_number,
 )
-from ..widgets import result_image
+from ..widgets import result_image, seed_box, steps_slider
 
+#: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
+CONTROLS = {"steps": "Steps", "guidance": "Guidance", "struct_mode": "Mode"}
 EXAMPLES = [  # prompt, phrases (empty: parse), mode, seed
     ["a red circle and a blue square", "", "values", 0],
     ["a yellow star to the left of a green triangle", "", "values", 1],
@@ -41,7 +44,7 @@ EXAMPLES = [  # prompt, phrases (empty: parse), mode, seed
 
 def parse(models: ModelCache, model: str, prompt: str) -> str:
     """The prompt's phrases as the pipeline would encode them, one per line, for the phrases box."""
-    pipe = models.get(model, StructuredDiffusionPipeline)
+    pipe = models.get(model, STRUCTURED)
     with user_errors():
         try:
             phrases = pipe.parse_phrases(required_text(prompt, "Prompt"))
@@ -65,11 +68,15 @@ def generate(
     """Stock and structured images from the same seed, their per-token heat-map galleries, the phrases
     used and the run details."""
     prompt = required_text(prompt, "Prompt")
-    steps = whole_number(steps, "Steps", 1, 200)
-    guidance = float(guidance)  # the slider bounds it (Gradio checks API calls too)
+    values = spec_values(STRUCTURED, CONTROLS, {"steps": steps, "guidance": guidance, "struct_mode": mode})
+    steps = capped(values["steps"], models.limits.max_steps, "Steps", "--max-steps")
+    guidance = values["guidance"]
     given = phrase_lines(phrases)
     seeded_generator(seed)  # check the seed before loading anything
-    pipe = models.get(model, StructuredDiffusionPipeline)
+    pipe = models.get(model, STRUCTURED)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    models.limits.check_pixels(side, side, "The model's image size")
+    deadline = models.limits.deadline()
     if given is not None:
         with user_errors():
             pipe.parse_phrases(prompt, given)  # a phrase missing from the prompt fails before any denoising
@@ -86,13 +93,13 @@ def generate(
                 generator=seeded_generator(seed),
                 num_inference_steps=steps,
                 guidance_scale=guidance,
-                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps),
+                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps, deadline),
             )
         seconds[stage] = round(time.perf_counter() - started, 3)
     stock, structured = results["stock"], results["structured"]
     used = structured.phrases[0]
     details = {
-        "model": models.resolve(model),
+        "model": models.describe(model, STRUCTURED),
         "seed": int(seed),
         "steps": steps,
         "guidance_scale": guidance,
@@ -145,9 +152,9 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                         scale=2,
                         info="values: one key, many values (paper default). keys: many keys, one value.",
                     )
-                    seed = gr.Number(label="Seed", value=0, precision=0, scale=1, min_width=100)
+                    seed = seed_box(scale=1, min_width=100)
                 with gr.Row():
-                    steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
+                    steps = steps_slider(models.limits, 25)
                     guidance = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance")
                 run_button = gr.Button("Generate", variant="primary")
             with gr.Column(scale=3):

@@ -20,7 +20,7 @@ _LAZY = {
     "read_job_file": "attnctl.batch.jobs",
     "LAYOUTS": "attnctl.batch.layouts",
     "METHODS": "attnctl.batch.methods",
-    "Method": "attnctl.batch.methods",
+    "MethodSpec": "attnctl.spec",
     "RunOptions": "attnctl.batch.runner",
     "Tally": "attnctl.batch.runner",
     "run_batch": "attnctl.batch.runner",

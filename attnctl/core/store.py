@@ -4,8 +4,10 @@
 probabilities, averages them over heads, resizes each layer's map to the latent grid and accumulates a
 running mean over layers and steps. Only the selected layers pay for materialised probabilities.
 
-Image grids give maps (batch, text_tokens, height, width); video grids (Wan: frames x height x width tokens)
-give (batch, text_tokens, frames, height, width), each frame resized like an image.
+On joint attention (SD3, Flux) it reads the image-query x text-key block (``call.cross``) and renormalises
+each query's row over the text keys, so a map is, as in cross-attention, each pixel's distribution over the
+text tokens. Image grids give maps (batch, text_tokens, height, width); video grids (Wan: frames x height x
+width tokens) give (batch, text_tokens, frames, height, width), each frame resized like an image.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ class AttentionStore(AttentionControl):
         return True
 
     def observe(self, call: AttentionCall, probs: torch.Tensor) -> None:
-        maps = probs.float().mean(dim=1)  # (batch, heads, q, text) -> (batch, q, text)
+        maps = call.cross(probs).float().mean(dim=1)  # (batch, heads, q, text) -> (batch, q, text)
+        if call.is_joint:  # the joint softmax also spans image keys: renormalise over the text keys
+            maps = maps / maps.sum(-1, keepdim=True).clamp_min(1e-12)
         maps = maps.transpose(1, 2).unflatten(2, call.grid)  # (batch, text, [frames,] h, w)
-        target = tuple(call.controller.sample_hw or call.grid[-2:])
+        target = tuple(call.run.sample_hw or call.grid[-2:])
         if tuple(call.grid[-2:]) != target:
             maps = _resize_frames(maps, target, "bilinear")
         maps = maps.detach().cpu()

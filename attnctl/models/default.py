@@ -1,21 +1,44 @@
-"""Where the embedded default model lives: a small Stable Diffusion pipeline trained on coloured shapes.
+"""Where the embedded models live: small Stable Diffusion pipelines trained here on coloured shapes.
 
-It ships as package data (``attnctl/assets/default-model``, diffusers format, safetensors) so demos, the CLI
-and the UI draw real images offline; see ``docs/default-model.md`` and ``scripts/train_default_model.py``.
+They ship as package data (``attnctl/assets/<folder>``, diffusers format, safetensors) so demos, the CLI
+and the UI draw real images offline; see ``docs/default-model.md``. Each has a short alias that
+``default_model_path(alias)``, the CLI's ``--model`` and the UI's model box accept:
+
+- ``default``: text encoder trained jointly with the UNet (``scripts/train_default_model.py``);
+- ``clip``: a tiny CLIP trained contrastively here, frozen under the UNet as Stable Diffusion's is
+  (``scripts/train_clip_model.py``); its binding failures have SD's cause.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default-model"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS_DIR / "default-model"
+EMBEDDED_MODELS = {  # alias: (folder, script that rebuilds it)
+    "default": ("default-model", "train_default_model.py"),
+    "clip": ("clip-model", "train_clip_model.py"),
+}
 
 
-def default_model_path() -> Path:
-    """The shipped model's directory, ready for ``StableDiffusionPipeline.from_pretrained``."""
-    if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+def embedded_model_dir(alias: str) -> Path:
+    """The folder an alias names (whether or not it is installed); ``ValueError`` for an unknown alias."""
+    if alias not in EMBEDDED_MODELS:
+        raise ValueError(f"model alias {alias!r}: embedded models are {', '.join(map(repr, EMBEDDED_MODELS))}")
+    return DEFAULT_MODEL_DIR if alias == "default" else ASSETS_DIR / EMBEDDED_MODELS[alias][0]
+
+
+def default_model_path(alias: str = "default") -> Path:
+    """The shipped model's directory, ready for ``StableDiffusionPipeline.from_pretrained``.
+
+    ``alias`` is ``"default"`` or ``"clip"``; a missing folder raises ``FileNotFoundError`` naming the
+    command that rebuilds it.
+    """
+    directory = embedded_model_dir(alias)
+    if not (directory / "model_index.json").is_file():
+        folder, script = EMBEDDED_MODELS[alias]
         raise FileNotFoundError(
-            f"the embedded default model is missing from {DEFAULT_MODEL_DIR}; reinstall attnctl or rebuild it "
-            "with `python scripts/train_default_model.py --export attnctl/assets/default-model`"
+            f"the embedded {alias} model is missing from {directory}; reinstall attnctl or rebuild it "
+            f"with `python scripts/{script} --export attnctl/assets/{folder}`"
         )
-    return DEFAULT_MODEL_DIR
+    return directory

@@ -80,8 +80,8 @@ def test_parse_fills_the_phrases_box(client, tiny_sd_path, pipe):
     [
         ({"prompt": "  "}, "Prompt is empty: type some text."),
         ({"phrases": "a green dog"}, "phrase 'a green dog' does not occur in the prompt"),
-        ({"seed": -1}, "Seed is -1: enter a whole number from 0 to 4294967295."),
-        ({"steps": 2.5}, "Steps is 2.5: enter a whole number from 1 to 200."),
+        ({"seed": -1}, "Seed=-1 is invalid: expected a whole number from 0 to 9223372036854775807"),
+        ({"steps": 2.5}, "Steps=2.5 is invalid: expected a whole number from 1 to 10000"),
         (
             {"mode": "both"},
             "is not in the list of choices: ['values', 'keys']",
