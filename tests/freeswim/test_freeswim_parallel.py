@@ -87,6 +87,6 @@ def test_ring_attention_is_refused_when_a_control_acts():
     with controller.installed(model, processor_factory=wan_processor_factory(model)):
         attn = model.blocks[0].attn1
         attn.processor._parallel_config = ring
-        controller.sample_shape = (1, 4, 2, 4, 6)  # the whole latent, as the transformer's pre-hook records it
+        controller.on_model_forward(torch.zeros(1, 4, 2, 4, 6), 999, image_grid=(2, 2, 3))  # the whole latent
         with pytest.raises(ValueError, match=r"use ContextParallelConfig\(ulysses_degree=...\) with ring_degree=1"):
             attn.processor(attn, torch.randn(1, 6, 24))
