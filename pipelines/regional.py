@@ -64,7 +64,7 @@ def check_region_box(box: Box, index: int) -> tuple[float, float, float, float]:
 def conditional_rows(call: AttentionCall) -> slice:
     """The rows the pipeline declared conditional (the unconditional half of a guidance batch stays stock;
     so does Flux's separate true-CFG ``"uncond"`` pass)."""
-    return slice(0, 0) if call.branch == "uncond" else call.rows["cond"]
+    return call.rows.get("cond", slice(0, 0))
 
 
 class RegionalMethod(ControlledPipelineMixin):

@@ -41,16 +41,18 @@ class JointPhrase:
 
 
 def phrase_rows_layout(cond_rows: int, phrase_rows: int) -> RowLayout:
-    """``[uncond, cond, phrases]`` (guided) or ``[cond, phrases]``: the batch the transformer sees."""
+    """``[uncond, cond, phrases]`` (guided) or ``[cond, phrases]``: the batch the transformer sees (``[uncond,
+    phrases]`` in the ``"uncond"`` pass of pipelines that run the halves apart, such as Flux's true CFG)."""
 
-    def layout(batch_size: int) -> BatchRows:
+    def layout(batch_size: int, branch: str | None = None) -> BatchRows:
         guided = batch_size == 2 * cond_rows + phrase_rows
         if not guided and batch_size != cond_rows + phrase_rows:
             raise ValueError(f"structured guidance prepared {cond_rows} conditional and {phrase_rows} phrase rows "
                              f"but the transformer got a batch of {batch_size}")
         start = cond_rows if guided else 0
+        name = "uncond" if branch == "uncond" and not guided else "cond"
         parts = ((("uncond", slice(0, start)),) if guided else ()) + (
-            ("cond", slice(start, start + cond_rows)), ("phrases", slice(start + cond_rows, batch_size)))
+            (name, slice(start, start + cond_rows)), ("phrases", slice(start + cond_rows, batch_size)))
         return BatchRows(batch_size, parts)
 
     return layout
@@ -112,7 +114,7 @@ class JointStructuredControl(AttentionControl):
         self.phrases_per_row = [list(p) for p in phrases_per_row]
 
     def applies_to(self, call: AttentionCall) -> bool:
-        return call.is_joint and call.is_cross and call.branch != "uncond" and any(self.phrases_per_row)
+        return call.is_joint and call.is_cross and any(self.phrases_per_row) and "cond" in (call.rows or ())
 
     def aligned_values(self, value: torch.Tensor, rows: BatchRows, text: slice) -> torch.Tensor:
         """(cond rows, heads, tokens, head_dim): ``V'`` of the module docstring for every conditional row."""

@@ -59,5 +59,6 @@ def test_rows_layout_and_when_the_control_stays_out():
     with pytest.raises(ValueError, match="got a batch of 6"):
         rows(6)
     control = JointStructuredControl([[JointPhrase(0, ((0, 0, 1),))]])
-    assert not control.applies_to(_call(2, phrase_rows_layout(1, 1), True, branch="uncond"))  # Flux true CFG
+    assert phrase_rows_layout(1, 1)(2, "uncond").names == ("uncond", "phrases")  # Flux true CFG's second pass
+    assert not control.applies_to(_call(2, phrase_rows_layout(1, 1), True, branch="uncond"))
     assert not JointStructuredControl([[]]).applies_to(_call(2, phrase_rows_layout(1, 0), True))
