@@ -29,12 +29,13 @@ def load_models(models: ModelCache, model: str, video_model: str) -> str:
     """Load the picked models now (tabs load them on first use anyway) and say what is held, with the family
     detected for each."""
     started = time.perf_counter()
-    models.get(model, STRUCTURED)
-    loaded = [models.describe(model, STRUCTURED)]
-    if (video_model or "").strip():
-        models.get(video_model, FREESWIM)
-        loaded.append(models.describe(video_model, FREESWIM))
-    names = " and ".join(f"`{name}`" for name in loaded)
+    picked = [(model, STRUCTURED)] + ([(video_model, FREESWIM)] if (video_model or "").strip() else [])
+    loaded = []
+    for name, method in picked:
+        models.get(name, method)
+        source, family = models.checked(name, method)
+        loaded.append(f"`{source}` ({family.title})")
+    names = " and ".join(loaded)
     return f"Loaded {names} in {time.perf_counter() - started:.1f} s."
 
 

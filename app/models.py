@@ -16,12 +16,12 @@ from collections import OrderedDict
 import torch
 from diffusers import DiffusionPipeline
 
+from attnctl.models.families import Family
 from attnctl.models.resolve import ModelError, ModelNotFound, NotAPipelineFolder, ResolvedModel, resolve_model
 from attnctl.spec import MethodSpec
 
-from . import validation
 from .limits import Limits
-from .validation import user_error
+from .validation import hiding_paths, user_error
 
 MODEL_QUEUE = "model"  # the concurrency_id of every event that runs a model: one queue for all
 
@@ -35,7 +35,7 @@ def model_error(text: str, err: ModelError) -> Exception:
     """The page's message for a model that cannot be used; remote clients are not told which paths exist."""
     if err.model is None:
         return user_error(f"Model is empty and {err.reason}; or type a diffusers folder or hub id.")
-    if validation.hiding_paths() and isinstance(err, (ModelNotFound, NotAPipelineFolder)):
+    if hiding_paths() and isinstance(err, (ModelNotFound, NotAPipelineFolder)):
         return user_error(f"Model {text!r} is not a model this server can load: type a hub id (org/name) or "
                           "the name of a model folder its operator set up.")
     return user_error(f"Model {err.describe()}")
@@ -58,18 +58,22 @@ class ModelCache:
         except ModelError as err:
             raise model_error((model or "").strip(), err) from None
 
-    def describe(self, model: str | None, method: MethodSpec) -> str:
-        """``source (family title)`` after checking that ``method`` applies to the model's family."""
+    def checked(self, model: str | None, method: MethodSpec) -> tuple[str, Family]:
+        """The model's source and family, after checking that ``method`` applies to that family."""
         resolved = self.resolve(model)
         try:
-            family = resolved.require(method)
+            return resolved.source, resolved.require(method)
         except ModelError as err:
             raise model_error(resolved.source, err) from None
-        return f"{resolved.source} ({family.title})"
+
+    def describe(self, model: str | None, method: MethodSpec) -> str:
+        """``source (family title)``, for the run details."""
+        source, family = self.checked(model, method)
+        return f"{source} ({family.title})"
 
     def get(self, model: str | None, method: MethodSpec) -> DiffusionPipeline:
         """The pipeline of ``method`` on ``model``, loaded (or built from a loaded sibling) once."""
-        self.describe(model, method)  # the family check, before anything loads
+        self.checked(model, method)  # the family check, before anything loads
         source, pipeline_class = self.resolve(model).source, method.pipeline_class()
         with self._lock:
             pipelines = self._models.setdefault(source, {})
@@ -89,7 +93,7 @@ class ModelCache:
         except Exception as err:  # any folder or hub id can be typed in: every failure is "not loadable"
             if not self._models.get(source):
                 self._models.pop(source, None)  # nothing of it loaded: do not hold its place
-            detail = "" if validation.hiding_paths() else f": {type(err).__name__}: {err}"
+            detail = "" if hiding_paths() else f": {type(err).__name__}: {err}"
             raise user_error(
                 f"Model {source!r} could not be loaded as {pipeline_class.__name__}{detail}. "
                 "Pick a diffusers folder of the kind this tab needs."

@@ -19,10 +19,11 @@ def result_image(label: str) -> gr.Image:
 
 
 def seed_box(**layout) -> gr.Number:
-    """The seed, over the CLI's whole range (a seed copied from a manifest can be pasted; browsers keep
-    integers exact up to 2**53, the API up to the limit)."""
+    """The seed, over the CLI's whole range 0..2**63 - 1 (a seed copied from a manifest can be pasted; browsers
+    keep integers exact up to 2**53, the API up to the limit). The range is checked with the spec's seed kind
+    (``seeded_generator``), whose message names the field, rather than by Gradio's bounds, whose does not."""
     kind = PARAMS["seed"].kind
-    return gr.Number(label="Seed", value=0, precision=0, minimum=kind.low, maximum=kind.high, **layout)
+    return gr.Number(label="Seed", value=0, precision=0, info=f"{kind.low} to {kind.high}", **layout)
 
 
 def steps_slider(limits: Limits, value: int, low: int | None = None) -> gr.Slider:

@@ -19,7 +19,7 @@ This module imports nothing heavy; the specs live in :mod:`attnctl.methods` and 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +134,8 @@ class MethodSpec:
         offload_arguments: ``__call__`` arguments added by ``--cpu-offload``.
         record: extra manifest fields from the pipeline output.
         capability: the model-family capability it needs (:mod:`attnctl.models.families`); ``None``: the
-            method runs Stable Diffusion 1.x/2.x's own pipeline (``plain``).
+            family ``sd`` (Stable Diffusion 1.x/2.x) only.
+        preflight: checks a whole run's jobs before any model loads (``ValueError`` saying what is missing).
     """
 
     name: str
@@ -150,6 +151,7 @@ class MethodSpec:
     offload_arguments: Mapping[str, Any] = field(default_factory=dict)
     record: Callable[[Any], dict[str, Any]] | None = None
     capability: str | None = None
+    preflight: Callable[[Sequence[Any]], None] | None = None
 
     @property
     def all_params(self) -> dict[str, Param]:
@@ -188,8 +190,8 @@ class MethodSpec:
         if self.capability is not None:
             family.require(self.capability)
         elif family.name != "sd":
-            raise ValueError(f"--method {self.name} runs diffusers' StableDiffusionPipeline: it supports the "
-                             f"family sd (Stable Diffusion 1.x/2.x), not {family.title} ({family.name})")
+            raise ValueError(f"--method {self.name} supports the family sd (Stable Diffusion 1.x/2.x), not "
+                             f"{family.title} ({family.name})")
 
     def check_signature(self, pipeline_class: type) -> None:
         """Raise :class:`MethodUnavailable` if ``__call__`` lacks a named argument this method can pass."""

@@ -22,10 +22,12 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import BaseOutput
 
 from attnctl.binding.attend_excite import DEFAULT_THRESHOLDS, AttendExciteLoss, Subject
-from attnctl.binding.pipeline import GuidedMethodMixin, per_prompt, prompt_list
 from attnctl.core import TokenHeatmaps
 from attnctl.guidance import GuidanceSchedule, decaying_step_sizes
 from attnctl.structured.phrases import prompt_token_count, subject_words
+
+from .base import MethodRun
+from .guided import GuidedMethodMixin, per_prompt
 
 
 @dataclass
@@ -59,7 +61,7 @@ def _check_settings(max_iter_to_alter: Any, thresholds: Any, scale_factor: Any) 
 
 
 class AttendExciteMethod(GuidedMethodMixin):
-    """Attend-and-Excite for any family pipeline whose UNet keeps per-token cross-attention maps."""
+    """Attend-and-Excite, whatever the family; the variants below pick the parent pipeline."""
 
     def subject_indices(self, prompt: str) -> list[Subject]:
         """The subjects of ``prompt`` from its parsed noun phrases: head nouns, each with all its tokens."""
@@ -86,23 +88,21 @@ class AttendExciteMethod(GuidedMethodMixin):
                 )
         return [[(i,) for i in indices] for indices in given]
 
-    @torch.no_grad()
-    def __call__(
+    def prepare(
         self,
-        prompt: str | list[str] | None = None,
-        token_indices: list[int] | list[list[int]] | None = None,
+        call: Mapping[str, Any],
         *,
+        token_indices: list[int] | list[list[int]] | None = None,
         max_iter_to_alter: int = 25,
         thresholds: dict[int, float] | None = None,
         scale_factor: float = 20,
         attn_res: tuple[int, int] | None = None,
         return_attention_maps: bool = False,
-        **kwargs: Any,
-    ) -> AttendAndExcitePipelineOutput | tuple:
-        r"""Generate images; every argument of the parent pipeline's ``__call__`` works as there.
+    ) -> MethodRun:
+        r"""Attend-and-Excite's arguments (diffusers' names; keyword only).
 
         Args:
-            token_indices: subject token indices (BOS at 0; see :meth:`get_indices`): one list for every
+            token_indices: subject token indices (start token = 0; see :meth:`get_indices`): one list for every
                 prompt or one list per prompt. ``None``: the head nouns of the prompt's noun phrases, all tokens
                 of each word (:meth:`subject_indices`).
             max_iter_to_alter: loop indices ``0 .. max_iter_to_alter - 1`` get one gradient update (25).
@@ -112,33 +112,37 @@ class AttendExciteMethod(GuidedMethodMixin):
             attn_res: (height, width) of the attention layers read; ``None``: 16x16 for SD at 512 px, a
                 quarter of the latent for larger ones (24x24 at 768 px, 32x32 for SDXL at 1024 px).
             return_attention_maps: also return per-token heat maps of every image.
+
+        Returns :class:`AttendAndExcitePipelineOutput`, or the parent's tuple when ``return_dict=False``.
         """
         thresholds = dict(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
         _check_settings(max_iter_to_alter, thresholds, scale_factor)
-        prompts = prompt_list(prompt)
-        num_prompts = len(prompts) if prompts else kwargs["prompt_embeds"].shape[0]
+        prompts = self.prompt_list(call)
+        num_prompts = len(prompts) if prompts else call["prompt_embeds"].shape[0]
         subjects = self._subjects(prompts, num_prompts, token_indices)
-        rows = [s for s in subjects for _ in range(kwargs.get("num_images_per_prompt") or 1)]
-        steps = self._loop_length(kwargs)
+        rows = [s for s in subjects for _ in range(call.get("num_images_per_prompt") or 1)]
         schedule = GuidanceSchedule(
-            decaying_step_sizes(steps, scale_factor), update_steps=max_iter_to_alter,
+            decaying_step_sizes(self.loop_length(call), scale_factor), update_steps=max_iter_to_alter,
             targets={i: 1.0 - level for i, level in thresholds.items()},
         )
+
+        def finish(output, heatmaps, log) -> AttendAndExcitePipelineOutput:
+            return AttendAndExcitePipelineOutput(
+                images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
+                token_indices=subjects, attention_maps=heatmaps, guidance_log=log,
+            )
+
         active = any(rows) and not schedule.off
-        output, log, heatmaps = self._guided(
-            {"prompt": prompt, **kwargs}, AttendExciteLoss(rows), schedule, attn_res, active, return_attention_maps
-        )
-        if not kwargs.get("return_dict", True):
-            return output.to_tuple()
-        return AttendAndExcitePipelineOutput(
-            images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
-            token_indices=subjects, attention_maps=heatmaps, guidance_log=log,
-        )
+        return self.guided_run(call, AttendExciteLoss(rows), schedule, attn_res, active, return_attention_maps, finish)
 
 
 class AttendAndExcitePipeline(AttendExciteMethod, StableDiffusionPipeline):
-    """Attend-and-Excite on Stable Diffusion 1.x/2.x; loads any SD checkpoint with ``from_pretrained``."""
+    """Attend-and-Excite on SD 1.x/2.x; ``from_pretrained`` returns the variant of the checkpoint's family."""
+
+    family = "sd"
 
 
 class AttendAndExciteXLPipeline(AttendExciteMethod, StableDiffusionXLPipeline):
-    """Attend-and-Excite on Stable Diffusion XL; loads any SDXL checkpoint with ``from_pretrained``."""
+    """Attend-and-Excite on Stable Diffusion XL."""
+
+    family = "sdxl"

@@ -64,7 +64,7 @@ def check_region_box(box: Box, index: int) -> tuple[float, float, float, float]:
 def conditional_rows(call: AttentionCall) -> slice:
     """The rows the pipeline declared conditional (the unconditional half of a guidance batch stays stock;
     so does Flux's separate true-CFG ``"uncond"`` pass)."""
-    return slice(0, 0) if call.branch == "uncond" else call.rows["cond"]
+    return call.rows.get("cond", slice(0, 0))
 
 
 class RegionalMethod(ControlledPipelineMixin):
@@ -148,7 +148,7 @@ class RegionalMethod(ControlledPipelineMixin):
                 region_masks=masks, region_tokens=tokens)
 
         arguments = {"prompt": base_prompt} if prompts_mode and base_prompt is not None else {}
-        return MethodRun(controls, finish, arguments, runner)
+        return MethodRun(controls, finish, arguments=arguments, runner=runner)
 
 
 class RegionalDiffusionPipeline(RegionalMethod, StableDiffusionPipeline):

@@ -11,6 +11,7 @@ or a prompt without modifiers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +21,13 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import BaseOutput
 
-from attnctl.binding.pipeline import GuidedMethodMixin, per_prompt, prompt_list
 from attnctl.binding.syngen import ModifierIndices, SynGenLoss
 from attnctl.core import TokenHeatmaps
 from attnctl.guidance import GuidanceSchedule
 from attnctl.structured.phrases import ModifierSet, modifier_sets, prompt_token_count
+
+from .base import MethodRun
+from .guided import GuidedMethodMixin, per_prompt
 
 
 @dataclass
@@ -56,25 +59,23 @@ def set_indices(sets: list[ModifierSet], num_tokens: int) -> list[ModifierIndice
 
 
 class SynGenMethod(GuidedMethodMixin):
-    """SynGen for any family pipeline whose UNet keeps per-token cross-attention maps."""
+    """SynGen, whatever the family; the variants below pick the parent pipeline."""
 
     def parse_modifiers(self, prompt: str) -> list[ModifierSet]:
         """The modifier sets of ``prompt`` (each noun with its modifiers and their token spans)."""
         return modifier_sets(prompt, self.tokenizer)
 
-    @torch.no_grad()
-    def __call__(
+    def prepare(
         self,
-        prompt: str | list[str] | None = None,
+        call: Mapping[str, Any],
         *,
         syngen_step_size: float = 20.0,
         num_intervention_steps: int = 25,
         attn_res: tuple[int, int] | None = None,
         modifier_sets: list[ModifierSet] | list[list[ModifierSet]] | None = None,
         return_attention_maps: bool = False,
-        **kwargs: Any,
-    ) -> SynGenPipelineOutput | tuple:
-        r"""Generate images; every argument of the parent pipeline's ``__call__`` works as there.
+    ) -> MethodRun:
+        r"""SynGen's arguments (the release's names; keyword only).
 
         Args:
             syngen_step_size: the constant step alpha of z <- z - alpha grad L (20).
@@ -84,35 +85,41 @@ class SynGenMethod(GuidedMethodMixin):
             modifier_sets: sets from :meth:`parse_modifiers` to use instead of parsing (one flat list for
                 every prompt or one list per prompt).
             return_attention_maps: also return per-token heat maps of every image.
+
+        Returns :class:`SynGenPipelineOutput`, or the parent's tuple when ``return_dict=False``.
         """
         if isinstance(syngen_step_size, bool) or not isinstance(syngen_step_size, (int, float)) or syngen_step_size < 0:
             raise ValueError(f"syngen_step_size={syngen_step_size!r} must be a number >= 0")
         if isinstance(num_intervention_steps, bool) or not isinstance(num_intervention_steps, int) \
                 or num_intervention_steps < 0:
             raise ValueError(f"num_intervention_steps={num_intervention_steps!r} must be an integer >= 0")
-        prompts = prompt_list(prompt)
+        prompts = self.prompt_list(call)
         if prompts is None:
             raise ValueError("SynGen needs the prompt text to find its modifiers; prompt_embeds alone is not enough")
         given = per_prompt(modifier_sets, len(prompts), "modifier_sets", lambda v: isinstance(v, ModifierSet))
         sets = given if given is not None else [self.parse_modifiers(p) for p in prompts]
         indices = [set_indices(s, prompt_token_count(p, self.tokenizer)) for s, p in zip(sets, prompts)]
-        rows = [i for i in indices for _ in range(kwargs.get("num_images_per_prompt") or 1)]
-        schedule = GuidanceSchedule((float(syngen_step_size),) * self._loop_length(kwargs), update_steps=num_intervention_steps)
+        rows = [i for i in indices for _ in range(call.get("num_images_per_prompt") or 1)]
+        schedule = GuidanceSchedule((float(syngen_step_size),) * self.loop_length(call),
+                                    update_steps=num_intervention_steps)
+
+        def finish(output, heatmaps, log) -> SynGenPipelineOutput:
+            return SynGenPipelineOutput(
+                images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
+                modifier_sets=sets, attention_maps=heatmaps, guidance_log=log,
+            )
+
         active = any(rows) and not schedule.off
-        output, log, heatmaps = self._guided(
-            {"prompt": prompt, **kwargs}, SynGenLoss(rows), schedule, attn_res, active, return_attention_maps
-        )
-        if not kwargs.get("return_dict", True):
-            return output.to_tuple()
-        return SynGenPipelineOutput(
-            images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
-            modifier_sets=sets, attention_maps=heatmaps, guidance_log=log,
-        )
+        return self.guided_run(call, SynGenLoss(rows), schedule, attn_res, active, return_attention_maps, finish)
 
 
 class SynGenPipeline(SynGenMethod, StableDiffusionPipeline):
-    """SynGen on Stable Diffusion 1.x/2.x; loads any SD checkpoint with ``from_pretrained``."""
+    """SynGen on SD 1.x/2.x; ``from_pretrained`` returns the variant of the checkpoint's family."""
+
+    family = "sd"
 
 
 class SynGenXLPipeline(SynGenMethod, StableDiffusionXLPipeline):
-    """SynGen on Stable Diffusion XL; loads any SDXL checkpoint with ``from_pretrained``."""
+    """SynGen on Stable Diffusion XL."""
+
+    family = "sdxl"

@@ -67,7 +67,7 @@ def test_kinds_normalise_good_values(kind, value, expected):
         (Size(8), 0, "multiples of 8"),
         (Size(8), 60, "multiples of 8"),
         (Size(8), "64x", "WIDTHxHEIGHT"),
-        (Size(8), 10**9, "multiples of 8 from 8 to 16384"),
+        (Size(8), 10**9, "multiples of 8 from 8 to 8192"),
         (Boxes(), [[1, 0, 0, 1]], "a box"),
         (Boxes(), [], "a non-empty list of boxes"),
     ],

@@ -6,12 +6,14 @@ its ``SPEC`` here. The batch CLI (job fields, ``--help``), the UI and docs/cli.m
 
 from __future__ import annotations
 
-from attnctl.methods import compose, freeswim, plain, regional, structured
+from attnctl.methods import attend_excite, compose, freeswim, plain, regional, structured, syngen
 from attnctl.spec import Converter, MethodSpec, MethodUnavailable, field_kinds
 
 #: Every ``--method``, in ``--help`` order.
 METHODS: dict[str, MethodSpec] = {
-    spec.name: spec for spec in (plain.SPEC, structured.SPEC, compose.SPEC, regional.SPEC, freeswim.SPEC)
+    spec.name: spec for spec in (
+        plain.SPEC, structured.SPEC, attend_excite.SPEC, syngen.SPEC, compose.SPEC, regional.SPEC, freeswim.SPEC
+    )
 }
 #: Every job field any method reads, with its param (a job file may drive several methods).
 FIELDS = field_kinds(METHODS)

@@ -24,7 +24,10 @@ examples:
   accelerate launch --multi_gpu --num_processes 2 -m attnctl generate --prompts p.txt --out runs/c
 
 methods:
-""" + "\n".join(f"  {m.name:<11} {m.help}" for m in METHODS.values()) + """
+""" + "\n".join(
+    f"  {m.name:<11} {m.help}" + (f"\n{'':14}fields: {', '.join(p.name for p in m.params)}" if m.params else "")
+    for m in METHODS.values()
+) + """
 
 A rerun of the same command skips finished outputs (resume); --overwrite regenerates them.
 Exit codes: 0 all done, 1 some items failed, 2 usage error.

@@ -27,7 +27,6 @@ _LAZY = {
     "attend": "engine",
     "combine_masks": "engine",
     "guidance_rows": "rows",
-    "label_heatmaps": "heatmaps",
     "sdpa": "engine",
     "stacked": "rows",
     "token_grid": "layers",

@@ -143,7 +143,7 @@ class AttentionController:
             if processor_factory is not None:
                 processors[name] = processor_factory(self, layer, module)
             else:
-                processors[name] = entry.build(self, layer, module, originals[name], model)
+                processors[name] = entry.build(self, layer, originals[name])
         read = forward_reader(model)
 
         def pre_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:

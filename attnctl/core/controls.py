@@ -83,7 +83,7 @@ class AttentionCall:
     def rows(self) -> BatchRows | None:
         """The declared parts of this call's batch (None where the pipeline declared no layout)."""
         layout = self.run.row_layout
-        return None if layout is None else layout(self.batch_size)
+        return None if layout is None else layout(self.batch_size, self.branch)
 
     def cross(self, matrix: torch.Tensor) -> torch.Tensor:
         """(..., queries, keys) -> (..., image queries, text keys): the cross-attention block, as a view."""

@@ -38,12 +38,12 @@ from .processor import ControlledAttnProcessor
 class Entry:
     """One (module class, stock processor class) pair attnctl controls.
 
-    ``build(controller, layer, module, stock, model)`` makes the controlled processor; ``kind(module)`` says
-    whether the layer is ``(is_cross, joint)``.
+    ``build(controller, layer, stock)`` makes the controlled processor from the layer's stock one;
+    ``kind(module)`` says whether the layer is ``(is_cross, joint)``.
     """
 
     families: str
-    build: Callable[[ControlSource, LayerInfo, torch.nn.Module, Any, torch.nn.Module], Any]
+    build: Callable[[ControlSource, LayerInfo, Any], Any]
     kind: Callable[[torch.nn.Module], tuple[bool, bool]]
 
 
@@ -56,31 +56,24 @@ def _joint_kind(module: torch.nn.Module) -> tuple[bool, bool]:
     return joint, joint
 
 
+def _always_joint(module: torch.nn.Module) -> tuple[bool, bool]:
+    return True, True  # Flux: double blocks get the text stream apart, single blocks joined
+
+
 UNET = "SD 1.x/2.x, SDXL, PixArt-Sigma"
 REGISTRY: dict[type, dict[type, Entry]] = {
     Attention: {
-        AttnProcessor2_0: Entry(UNET, lambda c, layer, m, stock, model: ControlledAttnProcessor(c, layer), _cross_kind),
+        AttnProcessor2_0: Entry(UNET, lambda c, layer, stock: ControlledAttnProcessor(c, layer), _cross_kind),
         IPAdapterAttnProcessor2_0: Entry(
             f"{UNET} with IP-Adapter",
-            lambda c, layer, m, stock, model: ControlledAttnProcessor(c, layer, ip_adapter=stock),
+            lambda c, layer, stock: ControlledAttnProcessor(c, layer, ip_adapter=stock),
             _cross_kind,
         ),
-        JointAttnProcessor2_0: Entry(
-            "SD3/3.5", lambda c, layer, m, stock, model: ControlledJointAttnProcessor(c, layer), _joint_kind
-        ),
+        JointAttnProcessor2_0: Entry("SD3/3.5", lambda c, layer, stock: ControlledJointAttnProcessor(c, layer),
+                                     _joint_kind),  # fmt: skip
     },
-    FluxAttention: {
-        FluxAttnProcessor: Entry(
-            "Flux", lambda c, layer, m, stock, model: ControlledFluxAttnProcessor(c, layer, stock), lambda m: (True, True)
-        ),
-    },
-    WanAttention: {
-        WanAttnProcessor: Entry(
-            "Wan 2.1/2.2 (T2V, I2V, VACE)",
-            lambda c, layer, m, stock, model: ControlledWanAttnProcessor(c, layer, stock),
-            _cross_kind,
-        ),
-    },
+    FluxAttention: {FluxAttnProcessor: Entry("Flux", ControlledFluxAttnProcessor, _always_joint)},
+    WanAttention: {WanAttnProcessor: Entry("Wan 2.1/2.2 (T2V, I2V, VACE)", ControlledWanAttnProcessor, _cross_kind)},
 }
 
 

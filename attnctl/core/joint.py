@@ -53,7 +53,8 @@ class ControlledJointAttnProcessor(ControlledProcessor):
 
         def body(hooks: CallHooks):
             _refuse_context(hooks, encoder_hidden_states)
-            query, key, value = (_heads(p(hidden_states), batch_size, attn.heads) for p in (attn.to_q, attn.to_k, attn.to_v))
+            query, key, value = (_heads(p(hidden_states), batch_size, attn.heads)
+                                 for p in (attn.to_q, attn.to_k, attn.to_v))  # fmt: skip
             if attn.norm_q is not None:
                 query = attn.norm_q(query)
             if attn.norm_k is not None:

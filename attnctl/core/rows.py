@@ -40,8 +40,8 @@ class BatchRows:
         return self[name] if name in self else default
 
 
-# batch size -> BatchRows
-RowLayout = Callable[[int], BatchRows]
+# (batch size, branch) -> BatchRows
+RowLayout = Callable[[int, "str | None"], BatchRows]
 
 
 def stacked(*names: str) -> RowLayout:
@@ -49,7 +49,7 @@ def stacked(*names: str) -> RowLayout:
     if not names or len(set(names)) != len(names):
         raise ValueError(f"names must be distinct and non-empty, got {names}")
 
-    def layout(batch_size: int) -> BatchRows:
+    def layout(batch_size: int, branch: str | None = None) -> BatchRows:
         if batch_size % len(names):
             raise ValueError(f"a batch of {batch_size} rows cannot hold the {len(names)} equal parts {names}")
         part = batch_size // len(names)
@@ -62,18 +62,20 @@ def guidance_rows(cond_rows: int) -> RowLayout:
     """``cond_rows`` conditional rows, preceded by as many unconditional ones when the pass is guided.
 
     A pass of ``2 * cond_rows`` rows is ``[uncond, cond]`` as diffusers' SD-style pipelines batch it; a pass of
-    ``cond_rows`` rows is all conditional (guidance off, or after ``SDCFGCutoffCallback`` drops the
-    unconditional half). Any other batch size is an error, never a guess.
+    ``cond_rows`` rows is all conditional (guidance off, skip-layer guidance's extra pass, or after
+    ``SDCFGCutoffCallback`` drops the unconditional half), unless it runs in the ``"uncond"`` branch, as the
+    second pass of pipelines that run the halves separately (Wan, Flux true CFG). Any other batch size is an
+    error, never a guess.
     """
     if cond_rows < 1:
         raise ValueError(f"cond_rows must be >= 1, got {cond_rows}")
-    guided, single = stacked("uncond", "cond"), stacked("cond")
+    guided = stacked("uncond", "cond")
 
-    def layout(batch_size: int) -> BatchRows:
+    def layout(batch_size: int, branch: str | None = None) -> BatchRows:
         if batch_size == 2 * cond_rows:
             return guided(batch_size)
         if batch_size == cond_rows:
-            return single(batch_size)
+            return stacked("uncond" if branch == "uncond" else "cond")(batch_size)
         raise ValueError(
             f"the pipeline declared {cond_rows} conditional rows but the denoiser got a batch of {batch_size}"
         )

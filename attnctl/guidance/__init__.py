@@ -3,11 +3,11 @@
 * :class:`GradientMaps`: per-token cross-attention maps with gradients, read only on the layers of one grid;
 * :func:`token_softmax`, :func:`gaussian_kernel`, :func:`smooth`: the map operations losses share;
 * :class:`GuidanceSchedule` and :class:`LatentGuide`: z <- z - alpha_i grad L with iterative refinement;
-* :func:`guided_call`: runs a diffusers pipeline's own ``__call__`` with the latents guided.
+* :func:`guidance_arguments`: the ``latents`` and step-end callback that guide a diffusers pipeline's own call.
 """
 
 from .maps import GradientMaps, StopForward, default_resolution, gaussian_kernel, smooth, token_softmax
-from .pipeline import guided_call
+from .pipeline import guidance_arguments
 from .update import GuidanceSchedule, LatentGuide, MapLoss, decaying_step_sizes
 
 __all__ = [
@@ -19,7 +19,7 @@ __all__ = [
     "decaying_step_sizes",
     "default_resolution",
     "gaussian_kernel",
-    "guided_call",
+    "guidance_arguments",
     "smooth",
     "token_softmax",
 ]

@@ -1,7 +1,7 @@
 """Gradient guidance inside diffusers' own denoising loop, without copying it.
 
-:func:`guided_call` runs a pipeline's stock ``__call__`` and moves the latents at three points diffusers already
-offers:
+:func:`guidance_arguments` gives a pipeline's stock ``__call__`` the arguments that move the latents at two points
+diffusers already offers:
 
 * step 0: the initial latents are drawn here with the pipeline's ``prepare_latents`` (same generator, same
   noise), guided at the first timestep and handed to the parent as ``latents``;
@@ -10,19 +10,20 @@ offers:
 
 The guidance forwards need the conditional text states (and SDXL's pooled embeddings and time ids); they
 are encoded here once more with the pipeline's ``encode_prompt``, the same computation the parent makes.
-The controller is installed for the whole call and restores the processors when anything raises.
+The method pipeline installs the maps control for the whole call, which restores the processors when
+anything raises (:mod:`attnctl.pipelines.guided`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 
-from ..core import AttentionControl, AttentionController
 from .maps import GradientMaps
 from .update import GuidanceSchedule, LatentGuide, MapLoss
 
@@ -31,7 +32,7 @@ def _is_xl(pipe: Any) -> bool:
     return hasattr(pipe, "text_encoder_2")
 
 
-def conditioning(pipe: Any, args: dict[str, Any], rows: int) -> dict[str, Any]:
+def conditioning(pipe: Any, args: Mapping[str, Any], rows: int) -> dict[str, Any]:
     """Keyword arguments of a conditional-only denoiser forward for the call ``args`` (SD 1.x/2.x, SDXL)."""
     device = pipe._execution_device
     images = args.get("num_images_per_prompt") or 1
@@ -63,7 +64,7 @@ def conditioning(pipe: Any, args: dict[str, Any], rows: int) -> dict[str, Any]:
             **extra}
 
 
-def _size(pipe: Any, args: dict[str, Any]) -> tuple[int, int]:
+def _size(pipe: Any, args: Mapping[str, Any]) -> tuple[int, int]:
     default = getattr(pipe, "default_sample_size", pipe.unet.config.sample_size) * pipe.vae_scale_factor
     return args.get("height") or default, args.get("width") or default
 
@@ -86,39 +87,39 @@ def _tensor_inputs(user: Any, requested: Sequence[str]) -> list[str]:
     return list(dict.fromkeys([*names, "latents"]))
 
 
-def guided_call(
+def guidance_arguments(
     pipe: Any,
-    parent_call: Callable[..., Any],
-    args: dict[str, Any],
+    call: Mapping[str, Any],
+    maps: GradientMaps,
     loss: MapLoss,
     schedule: GuidanceSchedule,
-    maps: GradientMaps,
-    controls: Sequence[AttentionControl] = (),
-) -> tuple[Any, LatentGuide]:
-    """Run ``parent_call(**args)`` (the stock ``__call__``) with the latents guided by ``loss``.
+    install: Callable[[], AbstractContextManager],
+) -> tuple[LatentGuide, dict[str, Any]]:
+    """The guide of one call and the parent ``__call__`` arguments that run it: ``latents`` and the step-end callback.
 
-    ``args`` are the parent's keyword arguments; ``controls`` are further controls installed for the call
-    (e.g. a heat-map store). Returns the parent's output and the guide (its ``history``).
+    ``call`` holds the parent's arguments (defaults applied). The initial latents are drawn with the
+    pipeline's ``prepare_latents`` (consuming the generator exactly as the parent would) and guided at the first
+    timestep inside ``install()`` (a context that installs ``maps`` on the denoiser); the returned callback
+    guides every later step and must run with ``maps`` installed too.
     """
-    args = dict(args)
     device = pipe._execution_device
-    prompt = args.get("prompt")
-    prompts = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else args["prompt_embeds"].shape[0]
-    rows = prompts * (args.get("num_images_per_prompt") or 1)
-    height, width = _size(pipe, args)
-    cond = conditioning(pipe, args, rows)
-    timesteps, _ = retrieve_timesteps(pipe.scheduler, args.get("num_inference_steps", 50), device,
-                                      args.get("timesteps"), args.get("sigmas"))
-    generator = args.get("generator")
+    prompt = call.get("prompt")
+    prompts = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else call["prompt_embeds"].shape[0]
+    rows = prompts * (call.get("num_images_per_prompt") or 1)
+    height, width = _size(pipe, call)
+    cond = conditioning(pipe, call, rows)
+    timesteps, _ = retrieve_timesteps(pipe.scheduler, call.get("num_inference_steps") or 50, device,
+                                      call.get("timesteps"), call.get("sigmas"))
     latents = pipe.prepare_latents(rows, pipe.unet.config.in_channels, height, width,
-                                   cond["encoder_hidden_states"].dtype, device, generator, args.get("latents"))
+                                   cond["encoder_hidden_states"].dtype, device, call.get("generator"),
+                                   call.get("latents"))
     guide = LatentGuide(pipe.unet, pipe.scheduler, maps, loss, schedule, cond)
-    user = args.get("callback_on_step_end")
-    args["callback_on_step_end_tensor_inputs"] = _tensor_inputs(
-        user, args.get("callback_on_step_end_tensor_inputs") or ["latents"])
-    args["callback_on_step_end"] = _chain_callback(user, guide, timesteps)
-    with AttentionController([maps, *controls]).installed(pipe.unet):
+    with install():
         guided = guide(latents, 0, timesteps[0])
-        args["latents"] = guided / pipe.scheduler.init_noise_sigma  # the parent multiplies it back
-        output = parent_call(**args)
-    return output, guide
+    user = call.get("callback_on_step_end")
+    return guide, {
+        "latents": guided / pipe.scheduler.init_noise_sigma,  # the parent multiplies it back
+        "callback_on_step_end": _chain_callback(user, guide, timesteps),
+        "callback_on_step_end_tensor_inputs": _tensor_inputs(
+            user, call.get("callback_on_step_end_tensor_inputs") or ["latents"]),
+    }

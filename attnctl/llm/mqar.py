@@ -100,10 +100,14 @@ class MqarResult:
     seconds: float
 
 
-def apply_variant(model, variant: str, window: int, sinks: int):
-    """Turn a stock tiny Llama into ``variant``; returns the patch (None for plain attention)."""
+def _check_variant(variant: str) -> None:
     if variant not in MQAR_VARIANTS:
         raise ValueError(f"variant={variant!r} is not an MQAR variant; choose one of {MQAR_VARIANTS}")
+
+
+def apply_variant(model, variant: str, window: int, sinks: int):
+    """Turn a stock tiny Llama into ``variant``; returns the patch (None for plain attention)."""
+    _check_variant(variant)
     if variant.startswith("gated-"):
         return add_output_gates(model, variant.removeprefix("gated-"), identity_init=False, bias=False)
     if variant == "sliding-window":
@@ -137,6 +141,7 @@ def run_mqar(
     data follow Zoology's defaults (see the module docstring). Accuracy is the share of held-out queries
     whose top prediction is the right value.
     """
+    _check_variant(variant)  # before the data: generating Zoology-sized sets takes seconds
     started = time.perf_counter()
     train_set = make_mqar(train_examples, seq_len, num_kv_pairs, vocab_size, seed=seed)
     test_set = make_mqar(test_examples, seq_len, num_kv_pairs, vocab_size, seed=seed + 10_000)

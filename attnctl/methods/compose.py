@@ -24,8 +24,7 @@ def _image_field(field: str, argument: str) -> tuple[str, Any]:
 
 SPEC = MethodSpec(
     "compose", "Composition", pipeline, "image",
-    "PrimeComposer image composition (fields: background, subject, subject_mask, box or target_mask, "
-    "subject_words, domain, tau_a, tau_b, tau_c, faithful, inversion_token_id)",
+    "PrimeComposer image composition",
     params=(
         Param("background", "background image", None, File("image"), default="required", is_path=True),
         Param("subject", "subject image", None, File("image"), default="required", is_path=True),

@@ -20,8 +20,7 @@ def _load_video(path: str) -> tuple[list]:
 
 SPEC = MethodSpec(
     "freeswim", "FreeSwim video", pipeline, "video",
-    "FreeSwim high-resolution video on Wan (fields: frames, fps, native_size, strength, cache_interval, "
-    "dual_path, video)",
+    "FreeSwim high-resolution video on Wan",
     params=(
         Param("frames", "frames to generate (Wan: 4k+1)", "num_frames"),
         Param("fps", "frames per second of the mp4", None, Integer(1, 240), default=str(DEFAULT_FPS)),

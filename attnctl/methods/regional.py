@@ -46,8 +46,7 @@ def regions(kwargs: dict[str, Any], fields: Mapping[str, Any], pipe: Any) -> dic
 
 SPEC = MethodSpec(
     "regional", "Layout", pipeline, "image",
-    "layout-guided text-to-image, each phrase in its box (fields: phrases, boxes, layout_mode, layout_strength, "
-    "layout_until, mask_special, region_prompts, base_prompt, base_ratio, region_weights)",
+    "layout-guided text-to-image, each phrase in its box",
     params=(
         Param("phrases", "one phrase of the prompt per box", None, TextList(), default="none (stock)"),
         Param("boxes", "one box [x0, y0, x1, y1] in pixels of the output image per phrase", None, Boxes(),

@@ -73,8 +73,9 @@ _WAN_NA = {
     "regional": "video family: boxes are defined on one image grid, not on frames",
     "compose": "PrimeComposer composes one image into a background image",
 }
-_COMPOSE_JOINT = ("PrimeComposer injects UNet self-attention logits between a reference and a generator "
-                  "branch; joint attention mixes text and image tokens in one softmax (docs/composer.md)")
+_COMPOSE_JOINT = ("PrimeComposer injects self-attention logits (image x image); joint attention has one softmax "
+                  "over image and text tokens, so an injection there changes the text weights too "
+                  "(docs/composer.md)")
 
 FAMILIES: dict[str, Family] = {
     family.name: family
@@ -87,7 +88,8 @@ FAMILIES: dict[str, Family] = {
                ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
                 "StableDiffusionXLInpaintPipeline"),
                "StableDiffusionXLPipeline", "unet", ("UNet2DConditionModel",), "cross",
-               _T2I | {"compose"}, {"freeswim": _VIDEO_ONLY}),
+               _T2I, {"compose": "not implemented yet: the sampler lacks SDXL's added_cond_kwargs "
+                                 "(docs/composer.md)", "freeswim": _VIDEO_ONLY}),
         Family("sd3", "Stable Diffusion 3/3.5",
                ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
                "StableDiffusion3Pipeline", "transformer", ("SD3Transformer2DModel",), "joint",

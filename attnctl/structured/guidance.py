@@ -150,12 +150,15 @@ class StructuredControl(AttentionControl):
         sets = structured_sets(states[start:stop], self.phrases_per_row, self.mode)
         if (start, stop) == (0, states.shape[0]):
             return sets
-        parts = []
-        for rows in (slice(0, start), slice(start, stop), slice(stop, None)):
-            if rows == slice(start, stop):
-                parts.append((sets.keys, sets.key_weights, sets.values, sets.value_weights))
-            elif states[rows].shape[0]:
-                stock = ContextSets.single(states[rows])
-                parts.append((*_pad_sets(stock.keys, stock.key_weights, sets.keys.shape[0]),
-                              *_pad_sets(stock.values, stock.value_weights, sets.values.shape[0])))  # fmt: skip
+
+        def stock(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            single = ContextSets.single(rows)
+            return (*_pad_sets(single.keys, single.key_weights, sets.keys.shape[0]),
+                    *_pad_sets(single.values, single.value_weights, sets.values.shape[0]))  # fmt: skip
+
+        parts = [(sets.keys, sets.key_weights, sets.values, sets.value_weights)]
+        if start:
+            parts.insert(0, stock(states[:start]))
+        if stop < states.shape[0]:
+            parts.append(stock(states[stop:]))
         return ContextSets(*(torch.cat(tensors, dim=1) for tensors in zip(*parts)))

@@ -33,10 +33,10 @@ def test_each_model_loads_once_and_pipeline_classes_share_its_modules(tiny_sd_pa
 
 
 def test_empty_picker_means_the_embedded_default(tmp_path, monkeypatch):
-    monkeypatch.setattr(default_module, "default_model_path", lambda: tmp_path)
+    monkeypatch.setattr(default_module, "default_model_path", lambda alias="default": tmp_path)
     assert ModelCache().resolve("  ").source == str(tmp_path)
 
-    def missing():
+    def missing(alias="default"):
         raise FileNotFoundError("the embedded default model is missing from /x")
 
     monkeypatch.setattr(default_module, "default_model_path", missing)

@@ -28,6 +28,8 @@ def test_guidance_rows_follow_the_declared_prompt_count_not_the_shape():
     layout = guidance_rows(2)
     assert layout(4).names == ("uncond", "cond") and layout(4)["cond"] == slice(2, 4)
     assert layout(2).names == ("cond",) and layout(2)["cond"] == slice(0, 2)  # guidance off or cut off
+    assert layout(2, "uncond").names == ("uncond",)  # the separate unconditional pass (Wan, Flux true CFG)
+    assert layout(2, "cond").names == ("cond",)
     with pytest.raises(ValueError, match="declared 2 conditional rows but the denoiser got a batch of 6"):
         layout(6)
     with pytest.raises(ValueError, match="cond_rows must be >= 1"):

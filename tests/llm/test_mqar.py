@@ -113,5 +113,6 @@ def test_unknown_variant_raises():
 
 @pytest.mark.slow
 def test_attention_learns_mqar():
-    result = run_mqar("attention", seq_len=64, width=64, num_kv_pairs=4, vocab_size=256)  # 1500 steps
+    # the recorded benchmark setting (BENCHMARKS.md), seed 0: about 1200 steps to pass the induction plateau
+    result = run_mqar("attention", seq_len=32, width=64, num_kv_pairs=4, vocab_size=64, steps=1200, window=8)
     assert result.accuracy > 0.5  # guessing among the 4 context values gives 0.25

@@ -67,3 +67,15 @@ def test_capabilities_have_a_reason_wherever_they_do_not_apply():
         get_family("sd4")
     with pytest.raises(ValueError, match="capability='foo'"):
         get_family("sd").supports("foo")
+
+
+def test_the_table_matches_the_pipelines_variants():
+    from attnctl.pipelines.composer import ComposerMethod
+    from attnctl.pipelines.regional import RegionalMethod
+    from attnctl.pipelines.structured import StructuredMethod
+
+    names = lambda capability: {f.name for f in families_supporting(capability)}  # noqa: E731
+    assert names("regional") == set(RegionalMethod._variants)
+    assert names("compose") == set(ComposerMethod._variants)
+    assert names("structured") == set(StructuredMethod._variants)
+    assert names("attention_maps") >= set(StructuredMethod._variants)  # maps come with the structured variants
