@@ -145,7 +145,7 @@ def layout_controls(
 ) -> list[AttentionControl]:
     """The controls for one pipeline call (``call``: its arguments); empty when there are no regions, so the
     stock pipeline runs."""
-    if not boxes or settings.mode == "guidance":  # guidance moves the latents: see layout_runner
+    if not boxes or settings.mode == "guidance":  # guidance moves the latents: see layout_guidance
         return []
     if settings.mode == "prompts":
         weights = settings.region_weights or [1.0] * len(boxes)
@@ -164,25 +164,11 @@ def layout_controls(
                                 settings.mask_special, rows)]
 
 
-def cross_attention_grids(down_block_types: Sequence[str], latent: tuple[int, int]) -> list[tuple[int, int]]:
-    """The token grids of a UNet's cross-attention layers: the latent halved (``ceil``) once per down block,
-    kept where the block has cross-attention (SDXL's first block has none)."""
-    grids, (height, width) = [], latent
-    for block in down_block_types:
-        if "CrossAttn" in block:
-            grids.append((height, width))
-        height, width = -(-height // 2), -(-width // 2)
-    if not grids:
-        raise ValueError(f"layout_mode='guidance': the UNet's down blocks {list(down_block_types)} have no "
-                         "cross-attention to read maps from")
-    return grids
-
-
-def layout_runner(pipe, settings: LayoutSettings, call: Mapping[str, Any], boxes: Sequence[Box],
-                  tokens: Sequence[Sequence[int]]) -> Callable[[Callable[..., Any], dict[str, Any]], Any] | None:
-    """``guidance`` mode: ``(parent_call, arguments) -> output``, the parent's own call with the latents guided
-    by :class:`~attnctl.layout.guidance.BoxMassLoss` through :func:`attnctl.guidance.guided_call` (the machinery
-    Attend-and-Excite uses). ``None`` in the other modes and when guidance is off (no regions, strength 0)."""
+def layout_guidance(pipe, settings: LayoutSettings, call: Mapping[str, Any], boxes: Sequence[Box],
+                    tokens: Sequence[Sequence[int]]) -> tuple[Callable, Any] | None:
+    """``guidance`` mode: (loss, schedule) for the shared guidance machinery (:mod:`attnctl.guidance`, the one
+    Attend-and-Excite uses): :class:`~attnctl.layout.guidance.BoxMassLoss` and Chen et al.'s ``eta sigma_t^2``
+    steps. ``None`` in the other modes and when guidance is off (no regions, strength 0)."""
     if settings.mode != "guidance" or not boxes or settings.strength == 0:
         return None
     alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
@@ -191,20 +177,8 @@ def layout_runner(pipe, settings: LayoutSettings, call: Mapping[str, Any], boxes
                          f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} is not one")
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 
-    from ..guidance import GradientMaps, default_resolution, guided_call
     from .guidance import BoxMassLoss, layout_schedule
 
-    def run(parent_call: Callable[..., Any], arguments: dict[str, Any]) -> Any:
-        timesteps, _ = retrieve_timesteps(pipe.scheduler, call["num_inference_steps"], "cpu", call.get("timesteps"),
-                                          call.get("sigmas"))
-        schedule = layout_schedule(settings.strength, settings.until, alphas, timesteps.tolist())
-        height, width = pipe.image_size(call)
-        latent = (math.ceil(height / pipe.vae_scale_factor), math.ceil(width / pipe.vae_scale_factor))
-        grids = cross_attention_grids(pipe.unet.config.down_block_types, latent)
-        target = default_resolution(latent)  # Attend-and-Excite's choice, where the model has that grid
-        grid = min(grids, key=lambda g: (abs(g[0] * g[1] - target[0] * target[1]), -g[0]))
-        maps = GradientMaps(grid)
-        output, _ = guided_call(pipe, parent_call, arguments, BoxMassLoss(boxes, tokens), schedule, maps)
-        return output
-
-    return run
+    timesteps, _ = retrieve_timesteps(pipe.scheduler, call["num_inference_steps"], "cpu", call.get("timesteps"),
+                                      call.get("sigmas"))
+    return BoxMassLoss(boxes, tokens), layout_schedule(settings.strength, settings.until, alphas, timesteps.tolist())

@@ -14,7 +14,6 @@ from attnctl.layout import (
     phrase_maps,
     region_masks,
 )
-from attnctl.layout.build import cross_attention_grids
 
 BOXES = [(0.0, 0.0, 0.5, 1.0), (0.25, 0.5, 1.0, 1.0)]
 TOKENS = [[1, 2], [3]]
@@ -86,11 +85,3 @@ def test_layout_schedule_is_eta_times_the_noise_variance_on_the_first_steps():
     assert schedule.step_sizes == pytest.approx([5.0 * (1 - float(alphas[t])) for t in (999, 750, 500, 250, 0)])
     assert schedule.update_steps == 2 and [schedule.acts_at(i) for i in range(5)] == [True, True, False, False, False]
 
-
-def test_cross_attention_grids_follow_the_down_blocks():
-    sd = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-    assert cross_attention_grids(sd, (64, 64)) == [(64, 64), (32, 32), (16, 16)]
-    sdxl = ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
-    assert cross_attention_grids(sdxl, (15, 20)) == [(8, 10), (4, 5)]
-    with pytest.raises(ValueError, match="no cross-attention"):
-        cross_attention_grids(["DownBlock2D"], (8, 8))
