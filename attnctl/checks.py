@@ -568,6 +568,10 @@ ARGUMENT_KINDS: dict[str, Any] = {
     "domain": Choice(("same", "cross")),
     "struct_mode": Choice(("values", "keys", None)),
     "target_box": Box(),
+    "max_iter_to_alter": Integer(0, MAX_STEPS),
+    "scale_factor": Number(0.0, 1e6),
+    "num_intervention_steps": Integer(0, MAX_STEPS),
+    "syngen_step_size": Number(0.0, 1e6),
 }
 #: Arguments whose ``None`` means "the pipeline's default" (or "off").
 OPTIONAL_ARGUMENTS = frozenset({

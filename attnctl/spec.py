@@ -134,7 +134,7 @@ class MethodSpec:
         offload_arguments: ``__call__`` arguments added by ``--cpu-offload``.
         record: extra manifest fields from the pipeline output.
         capability: the model-family capability it needs (:mod:`attnctl.models.families`); ``None``: the
-            method runs Stable Diffusion 1.x/2.x's own pipeline (``plain``).
+            family ``sd`` (Stable Diffusion 1.x/2.x) only.
         preflight: checks a whole run's jobs before any model loads (``ValueError`` saying what is missing).
     """
 
@@ -190,8 +190,8 @@ class MethodSpec:
         if self.capability is not None:
             family.require(self.capability)
         elif family.name != "sd":
-            raise ValueError(f"--method {self.name} runs diffusers' StableDiffusionPipeline: it supports the "
-                             f"family sd (Stable Diffusion 1.x/2.x), not {family.title} ({family.name})")
+            raise ValueError(f"--method {self.name} supports the family sd (Stable Diffusion 1.x/2.x), not "
+                             f"{family.title} ({family.name})")
 
     def check_signature(self, pipeline_class: type) -> None:
         """Raise :class:`MethodUnavailable` if ``__call__`` lacks a named argument this method can pass."""

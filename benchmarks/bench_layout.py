@@ -17,7 +17,9 @@ images; mean paired differences with normal 95% intervals). ``--attention N`` al
 how much cross-attention the end-of-text and padding keys take inside and outside the boxes, with stock and with
 those keys masked inside the boxes.
 
-    nice -n 10 python benchmarks/bench_layout.py --json outputs/bench_layout.json
+    nice -n 10 python benchmarks/bench_layout.py --configs forbid forbid+mask bias prompts --json outputs/bench_layout.json
+    nice -n 10 python benchmarks/bench_layout.py --configs guidance --jobs 16 --singles 4 --attention 0 \
+        --json outputs/bench_layout_guidance.json
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_attribute_binding import paired, spread, summary
 from scipy import ndimage
+from scipy.stats import binomtest
 
 from attnctl.models.default import default_model_path
 from attnctl.shapes.checker import PALETTE_NAMES, Detection, colour_labels, detect_shapes
+from attnctl.shapes.evaluation import wilson_interval
 
 PAIRS = [("red", "blue"), ("red", "yellow"), ("green", "blue"), ("green", "purple"), ("yellow", "purple"),
          ("orange", "blue")]
@@ -55,6 +58,8 @@ CONFIGS = {
     "forbid+mask": dict(layout_mode="forbid", mask_special="boxes"),
     "bias": dict(layout_mode="bias", layout_strength=0.5, layout_until=1.0),
     "prompts": dict(layout_mode="prompts", base_ratio=0.3),
+    # eta from a 4-job check (seeds from 10_000: eta 10 and 100 moved nothing, 1000 one object); 5 of 20 steps
+    "guidance": dict(layout_mode="guidance", layout_strength=1000.0, layout_until=0.25),
 }
 #: The tuning run (``--tune``): a few settings per mode on other seeds, to fix CONFIGS before measuring.
 TUNING = {
@@ -66,6 +71,21 @@ TUNING = {
     "prompts beta=0.3": dict(layout_mode="prompts", base_ratio=0.3),
 }
 STEPS, GUIDANCE, SIZE = 20, 4.0, 64
+
+
+def summary(flags: list[bool]) -> dict:
+    """Hits, rate and Wilson 95% interval."""
+    low, high = wilson_interval(sum(flags), len(flags))
+    return {"hits": sum(flags), "n": len(flags), "rate": round(sum(flags) / len(flags), 4),
+            "ci95": [round(low, 4), round(high, 4)]}
+
+
+def paired(flags: list[bool], stock: list[bool]) -> dict:
+    """Discordant pairs against stock and McNemar's exact two-sided p-value."""
+    won = sum(a and not b for a, b in zip(flags, stock))
+    lost = sum(b and not a for a, b in zip(flags, stock))
+    p_value = binomtest(won, won + lost).pvalue if won + lost else 1.0
+    return {"only_this_mode": won, "only_stock": lost, "p_value": float(f"{p_value:.2g}")}
 
 
 def two_object_jobs(seed_offset: int = 0) -> list[dict]:
@@ -151,11 +171,12 @@ def run_config(task: tuple) -> tuple[str, list[dict], list[dict], float, int]:
 def attention_shares(task: tuple) -> tuple[str, dict]:
     """Mean cross-attention share of end/padding keys and of each phrase, inside vs outside the boxes."""
     model, mask, jobs, threads = task
+    from attnctl.pipelines.regional import conditional_rows
     from diffusers import StableDiffusionPipeline
 
     from attnctl import RegionalDiffusionPipeline
-    from attnctl.core import AttentionController, AttentionStore
-    from attnctl.layout import LayoutSettings, end_and_padding_tokens, layout_controls, region_masks
+    from attnctl.core import AttentionStore, guidance_rows
+    from attnctl.layout import LayoutSettings, layout_controls, region_masks, special_positions
 
     torch.set_num_threads(threads)
     pipe = RegionalDiffusionPipeline.from_pretrained(model)
@@ -164,17 +185,18 @@ def attention_shares(task: tuple) -> tuple[str, dict]:
     for job in jobs:
         boxes = [box for _, box in job["regions"]]
         tokens = pipe.region_tokens(job["prompt"], job["regions"])
-        settings = LayoutSettings(mode="forbid", mask_special=mask)
-        controls = layout_controls(pipe, settings, job["prompt"], boxes, tokens, STEPS, pipe._rows) if mask else []
+        call = {**pipe.default_call(), "prompt": job["prompt"], "num_inference_steps": STEPS}
+        settings = LayoutSettings(mode="forbid", mask_special=mask or "off")
+        controls = layout_controls(pipe, settings, call, boxes, tokens, conditional_rows) if mask else []
         store = AttentionStore()
-        with AttentionController([*controls, store]).installed(pipe.unet):
+        with pipe.install([*controls, store], guidance_rows(1)):
             StableDiffusionPipeline.__call__(pipe, job["prompt"], num_inference_steps=STEPS, guidance_scale=GUIDANCE,
                                              generator=torch.Generator().manual_seed(job["seed"]))
         maps = store.maps()[1]  # (tokens, 16, 16): the conditional row
         latent = tuple(maps.shape[-2:])
         masks = region_masks(boxes, latent)  # (regions, cells)
         flat = maps.flatten(1)  # (tokens, cells)
-        special = flat[end_and_padding_tokens(pipe.tokenizer, job["prompt"])].sum(0)  # (cells,)
+        special = flat[special_positions(pipe, call)].sum(0)  # (cells,)
         any_box = masks.any(0)
         shares["special_inside"].append(float(special[any_box].mean()))
         if (~any_box).any():
@@ -250,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=None, help="pipeline directory (default: the shipped one)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--jobs", type=int, default=32, help="N of the 96 two-object jobs, evenly spread")
-    parser.add_argument("--singles", type=int, default=12, help="the first N of the 12 single-object jobs")
+    parser.add_argument("--singles", type=int, default=8, help="the first N of the 12 single-object jobs")
     parser.add_argument("--tune", action="store_true", help="run the TUNING settings instead of CONFIGS")
     parser.add_argument("--seed-offset", type=int, default=0, help="shift every seed (10_000 for tuning runs)")
     parser.add_argument("--attention", type=int, default=8, help="jobs for the attention-share measurement")
@@ -260,7 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if "stock" not in args.configs:
         args.configs.insert(0, "stock")  # every comparison is paired with stock
-    jobs = spread(two_object_jobs(args.seed_offset), args.jobs)
+    every = two_object_jobs(args.seed_offset)
+    if not 1 <= args.jobs <= len(every):
+        raise ValueError(f"--jobs {args.jobs}: choose between 1 and {len(every)}")
+    jobs = every[:: len(every) // args.jobs][: args.jobs]  # evenly spread: every pair, layout and word order
     configs = TUNING if args.tune else {name: CONFIGS[name] for name in args.configs}
     singles = single_object_jobs(args.seed_offset)[: args.singles]
     results = compare(args.model or default_model_path(), configs, jobs, singles, args.attention, args.processes,

@@ -27,7 +27,7 @@ from diffusers.utils import BaseOutput
 
 from attnctl.composer import box_cells
 from attnctl.core import AttentionCall
-from attnctl.layout import LayoutSettings, layout_controls
+from attnctl.layout import LayoutSettings, layout_controls, layout_runner
 
 from .base import ControlledPipelineMixin, MethodRun
 
@@ -64,7 +64,7 @@ def check_region_box(box: Box, index: int) -> tuple[float, float, float, float]:
 def conditional_rows(call: AttentionCall) -> slice:
     """The rows the pipeline declared conditional (the unconditional half of a guidance batch stays stock;
     so does Flux's separate true-CFG ``"uncond"`` pass)."""
-    return slice(0, 0) if call.branch == "uncond" else call.rows["cond"]
+    return call.rows.get("cond", slice(0, 0))
 
 
 class RegionalMethod(ControlledPipelineMixin):
@@ -118,8 +118,10 @@ class RegionalMethod(ControlledPipelineMixin):
                 start token = 0; T5 families have none, their first word is 0). ``None`` or an empty list: the
                 family's stock pipeline.
             layout_mode: ``"forbid"`` (a phrase's tokens masked outside its box), ``"bias"`` (eDiff-I's
-                paint-with-words bias) or ``"prompts"`` (regional prompts).
-            layout_strength, layout_until: ``bias`` mode, eDiff-I's w and the fraction of steps biased.
+                paint-with-words bias), ``"prompts"`` (regional prompts) or ``"guidance"`` (Chen et al.'s
+                backward guidance of the latents; SD 1.x/2.x and SDXL).
+            layout_strength, layout_until: ``bias`` mode, eDiff-I's w and the fraction of steps biased;
+                ``guidance`` mode, the step size eta and the fraction of steps with a latent update.
             mask_special: drop the end-of-text and padding keys, ``"off"``, ``"boxes"`` or ``"all"``.
             region_prompts, base_prompt, base_ratio, region_weights: ``prompts`` mode, one prompt per region
                 (default: its phrase), the prompt for the whole image (default: ``prompt``), the base prompt's
@@ -135,8 +137,8 @@ class RegionalMethod(ControlledPipelineMixin):
         prompts_mode = layout_mode == "prompts"
         tokens = [[] for _ in regions] if prompts_mode else self.region_tokens(call["prompt"], regions, call)
         encodings = self.region_encodings(settings, regions, call) if prompts_mode and regions else None
-        controls = layout_controls(self, settings, call["prompt"], boxes, tokens, call["num_inference_steps"],
-                                   conditional_rows, encodings, first_token=self.family_text.offset)
+        controls = layout_controls(self, settings, call, boxes, tokens, conditional_rows, encodings)
+        runner = layout_runner(self, settings, call, boxes, tokens)
 
         def finish(output) -> RegionalDiffusionPipelineOutput:
             size = self.image_size(call)
@@ -146,7 +148,7 @@ class RegionalMethod(ControlledPipelineMixin):
                 region_masks=masks, region_tokens=tokens)
 
         arguments = {"prompt": base_prompt} if prompts_mode and base_prompt is not None else {}
-        return MethodRun(controls, finish, arguments)
+        return MethodRun(controls, finish, arguments=arguments, runner=runner)
 
 
 class RegionalDiffusionPipeline(RegionalMethod, StableDiffusionPipeline):

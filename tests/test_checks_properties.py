@@ -29,13 +29,16 @@ QUICK = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCh
 
 @pytest.fixture(scope="module")
 def pipelines(tiny_sd_path, tiny_wan_path):
+    from attnctl.pipelines.attend_excite import AttendAndExcitePipeline
     from attnctl.pipelines.composer import PrimeComposerPipeline
     from attnctl.pipelines.freeswim import FreeSwimPipeline
     from attnctl.pipelines.regional import RegionalDiffusionPipeline
     from attnctl.pipelines.structured import StructuredDiffusionPipeline
+    from attnctl.pipelines.syngen import SynGenPipeline
 
     loaded = {cls.__name__: cls.from_pretrained(tiny_sd_path) for cls in
-              (StructuredDiffusionPipeline, RegionalDiffusionPipeline, PrimeComposerPipeline)}
+              (StructuredDiffusionPipeline, RegionalDiffusionPipeline, PrimeComposerPipeline,
+               AttendAndExcitePipeline, SynGenPipeline)}
     loaded["FreeSwimPipeline"] = FreeSwimPipeline.from_pretrained(tiny_wan_path)
     for pipe in loaded.values():
         pipe.set_progress_bar_config(disable=True)
@@ -50,7 +53,7 @@ def _defaults(pipe) -> dict:
 CHECKED = [
     (pipeline, name)
     for pipeline in ("StructuredDiffusionPipeline", "RegionalDiffusionPipeline", "PrimeComposerPipeline",
-                     "FreeSwimPipeline")
+                     "FreeSwimPipeline", "AttendAndExcitePipeline", "SynGenPipeline")
     for name in (*PIPELINE_ARGUMENTS, *SIDES, "video")
 ]
 

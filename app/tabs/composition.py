@@ -159,7 +159,7 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                 uploaded_mask = gr.Image(
                     label="Subject mask (optional upload)",
                     type="pil",
-                    image_mode="L",
+                    image_mode=None,  # as uploaded: a 16-bit mask is scaled by the pipeline, not clipped here
                     sources=("upload", "clipboard"),
                     height=160,
                 )

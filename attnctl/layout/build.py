@@ -5,7 +5,9 @@ Modes of ``RegionalDiffusionPipeline(layout_mode=...)``:
 * ``"forbid"``  a phrase's tokens are masked outside its box (PrimeComposer's RCA, the original behaviour);
 * ``"bias"``    eDiff-I's paint-with-words bias, +inside / -outside, scaled by ``log(1 + sigma) max(QK^T)``;
 * ``"prompts"`` regional prompts: each box takes its cross-attention output from its own prompt, mixed with a
-  base prompt (Regional Prompter, attention couple).
+  base prompt (Regional Prompter, attention couple);
+* ``"guidance"`` layout guidance by gradient (Chen et al. 2024 backward guidance): the latents move down the
+  gradient of each phrase's attention mass outside its box, on the shared guidance machinery.
 
 Any mode can drop the end-of-text and padding keys (``mask_special``), inside the boxes or everywhere.
 """
@@ -13,8 +15,9 @@ Any mode can drop the end-of-text and padding keys (``mask_special``), inside th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,9 +26,9 @@ from ..composer.rca import RowSelector
 from ..core import AttentionCall, AttentionControl
 from .bias import AttentionBiasLayout
 from .couple import RegionalPrompts
-from .masks import Box, end_and_padding_tokens
+from .masks import Box
 
-MODES = ("forbid", "bias", "prompts")
+MODES = ("forbid", "bias", "prompts", "guidance")
 SPECIAL_MASKS = ("off", "boxes", "all")
 
 
@@ -35,8 +38,9 @@ class LayoutSettings:
 
     Args:
         mode: one of :data:`MODES`.
-        strength: ``bias`` mode, eDiff-I's w (>= 0).
-        until: ``bias`` mode, the fraction of the steps (from the first) that get the bias, in (0, 1].
+        strength: ``bias`` mode, eDiff-I's w; ``guidance`` mode, the step size eta (>= 0).
+        until: ``bias`` and ``guidance`` modes, the fraction of the steps (from the first) that get the bias or
+            the latent updates, in (0, 1].
         mask_special: drop the end-of-text and padding keys: ``"off"``, ``"boxes"`` (queries inside any box)
             or ``"all"``; with ``forbid`` and ``bias`` modes.
         base_ratio: ``prompts`` mode, the base prompt's share inside the boxes, in [0, 1].
@@ -59,9 +63,9 @@ class LayoutSettings:
             raise ValueError(f"layout_mode={self.mode!r} is not one of {MODES}")
         if self.mask_special not in SPECIAL_MASKS:
             raise ValueError(f"mask_special={self.mask_special!r} is not one of {SPECIAL_MASKS}")
-        if self.mode == "prompts" and self.mask_special != "off":
-            raise ValueError(f"mask_special={self.mask_special!r} works with layout_mode 'forbid' and 'bias'; "
-                             "regional prompts replace the whole text context inside a box")
+        if self.mode in ("prompts", "guidance") and self.mask_special != "off":
+            raise ValueError(f"mask_special={self.mask_special!r} works with layout_mode 'forbid' and 'bias', "
+                             f"not {self.mode!r}")
         if not (math.isfinite(self.strength) and self.strength >= 0):
             raise ValueError(f"layout_strength={self.strength!r} must be a finite number >= 0")
         if not 0 < self.until <= 1:
@@ -105,38 +109,82 @@ def noise_level(scheduler) -> Callable[[AttentionCall], float]:
                      "alphas_cumprod nor flow-matching timesteps")
 
 
+def special_positions(pipe, call: Mapping[str, Any]) -> list[int]:
+    """Text-key positions that hold neither a start token nor a word of the prompt: the end-of-text and padding
+    keys of every text encoder the attention layers read (SD3: in its CLIP rows and in its T5 rows).
+
+    Found with the family's own token layout (``pipe.family_text``); every prompt of a batch must give the same.
+    """
+    text = pipe.family_text
+    prompt = call.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+    if not prompts:
+        raise ValueError("mask_special needs the prompt text to find its end and padding keys; got no prompt")
+    length, found = text.key_length(pipe, call), []
+    for index, text_prompt in enumerate(prompts):
+        try:
+            words = set(text.word_positions(pipe, text_prompt, text_prompt, f"prompt[{index}]", call))
+        except ValueError:
+            raise ValueError(f"mask_special: prompt {text_prompt!r} does not fit in the {length} text keys; "
+                             "shorten it or leave mask_special='off'") from None
+        found.append([j for j in range(text.offset, length) if j not in words])
+    if any(positions != found[0] for positions in found):
+        raise ValueError("mask_special: the prompts of a batch end at different token positions; give one prompt "
+                         "per call (or prompts of equal token length)")
+    return found[0]
+
+
 def layout_controls(
     pipe,
     settings: LayoutSettings,
-    prompt: str | None,
+    call: Mapping[str, Any],
     boxes: Sequence[Box],
     tokens: Sequence[Sequence[int]],
-    num_inference_steps: int,
     rows: RowSelector,
     region_encodings: torch.Tensor | None = None,
-    first_token: int = 1,
 ) -> list[AttentionControl]:
-    """The controls for one pipeline call (empty when there are no regions: the stock pipeline runs).
-
-    ``first_token``: the text-key position of the prompt's first word (1 after CLIP's start token, 0 for T5)."""
-    if not boxes:
+    """The controls for one pipeline call (``call``: its arguments); empty when there are no regions, so the
+    stock pipeline runs."""
+    if not boxes or settings.mode == "guidance":  # guidance moves the latents: see layout_runner
         return []
     if settings.mode == "prompts":
         weights = settings.region_weights or [1.0] * len(boxes)
         return [RegionalPrompts(boxes, region_encodings, settings.base_ratio, weights, rows)]
-    special: list[int] = []
-    if settings.mask_special != "off":
-        if not isinstance(prompt, str):
-            raise ValueError("mask_special needs one prompt string (its end and padding positions); got "
-                             f"{type(prompt).__name__}")
-        special = end_and_padding_tokens(pipe.tokenizer, prompt)
+    special = special_positions(pipe, call) if settings.mask_special != "off" else []
     if settings.mode == "forbid":
         regions = [TokenRegion(tuple(t), lambda grid, box=box: box_cells(box, grid)) for t, box in zip(tokens, boxes)]
-        controls: list[AttentionControl] = [RegionConstrainedCrossAttention(regions, rows, first_token=first_token)]
-        if special:
+        controls: list[AttentionControl] = [
+            RegionConstrainedCrossAttention(regions, rows, first_token=pipe.family_text.offset)]
+        if special:  # the bias control with strength 0 is the end/padding mask alone
             controls.append(AttentionBiasLayout(boxes, tokens, 0.0, lambda call: 0.0, 0, special,
                                                 settings.mask_special, rows))
         return controls
-    active = math.ceil(settings.until * num_inference_steps)
+    active = math.ceil(settings.until * call["num_inference_steps"])
     return [AttentionBiasLayout(boxes, tokens, settings.strength, noise_level(pipe.scheduler), active, special,
                                 settings.mask_special, rows)]
+
+
+def layout_runner(pipe, settings: LayoutSettings, call: Mapping[str, Any], boxes: Sequence[Box],
+                  tokens: Sequence[Sequence[int]]) -> Callable[[Callable[..., Any], dict[str, Any]], Any] | None:
+    """``guidance`` mode: ``(parent_call, arguments) -> output``, the parent's own call with the latents guided
+    by :class:`~attnctl.layout.guidance.BoxMassLoss` through :func:`attnctl.guidance.guided_call` (the machinery
+    Attend-and-Excite uses). ``None`` in the other modes and when guidance is off (no regions, strength 0)."""
+    if settings.mode != "guidance" or not boxes or settings.strength == 0:
+        return None
+    alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
+    if alphas is None or not hasattr(pipe, "unet"):
+        raise ValueError(f"layout_mode='guidance' runs on UNet pipelines with a VP scheduler (SD 1.x/2.x, SDXL); "
+                         f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} is not one")
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+
+    from ..guidance import GradientMaps, guided_call
+    from .guidance import BoxMassLoss, layout_schedule
+
+    def run(parent_call: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+        timesteps, _ = retrieve_timesteps(pipe.scheduler, call["num_inference_steps"], "cpu", call.get("timesteps"),
+                                          call.get("sigmas"))
+        schedule = layout_schedule(settings.strength, settings.until, alphas, timesteps.tolist())
+        output, _ = guided_call(pipe, parent_call, arguments, BoxMassLoss(boxes, tokens), schedule, GradientMaps())
+        return output
+
+    return run

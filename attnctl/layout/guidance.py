@@ -6,15 +6,20 @@
 * Xie et al., "BoxDiff" (ICCV 2023), Eqs. (2)-(3): the inner-box loss ``1 - mean(topk(A_i * M_i, P))`` and the
   outer-box loss ``mean(topk(A_i * (1 - M_i), P))`` per phrase.
 
-These functions take attention maps that carry gradients to the latents; collecting such maps from the
-denoiser is the job of the shared guidance machinery (Attend-and-Excite's).
+:class:`BoxMassLoss` is the loss in the form the shared guidance machinery (:mod:`attnctl.guidance`, the one
+Attend-and-Excite and SynGen use) takes: maps with gradients in, one loss per image out; :func:`layout_schedule`
+turns Chen et al.'s step size ``eta * sigma_t^2`` into its :class:`~attnctl.guidance.GuidanceSchedule`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+
+from ..guidance import GuidanceSchedule
+from .masks import Box, region_masks
 
 
 def phrase_maps(probs: torch.Tensor, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -45,3 +50,27 @@ def latent_step(latents: torch.Tensor, loss: torch.Tensor, step_size: float, sig
     """Chen et al.'s backward-guidance update ``z - eta * sigma^2 * grad_z loss`` (``latents`` requires grad)."""
     (gradient,) = torch.autograd.grad(loss, latents)
     return (latents - step_size * sigma**2 * gradient).detach()
+
+
+class BoxMassLoss:
+    """Chen et al.'s backward-guidance loss per image: maps (rows, tokens, h, w) -> losses (rows,).
+
+    Each region's map is the cross-attention its phrase tokens receive (summed over tokens), on the grid of
+    the maps; :func:`box_mass_loss` then compares its mass inside the box with its total.
+    """
+
+    def __init__(self, boxes: Sequence[Box], tokens: Sequence[Sequence[int]]) -> None:
+        self.boxes, self.tokens = list(boxes), [list(t) for t in tokens]
+
+    def __call__(self, maps: torch.Tensor) -> torch.Tensor:
+        masks = region_masks(self.boxes, tuple(maps.shape[-2:])).to(maps.device)  # (R, h*w)
+        flat = maps.flatten(2).transpose(1, 2)  # (rows, h*w, tokens)
+        return torch.stack([box_mass_loss(phrase_maps(row, self.tokens), masks) for row in flat])
+
+
+def layout_schedule(step_size: float, until: float, alphas_cumprod: torch.Tensor,
+                    timesteps: Sequence[float]) -> GuidanceSchedule:
+    """One update ``z <- z - eta sigma_t^2 grad E`` at each of the first ``ceil(until * steps)`` loop indices,
+    with ``sigma_t^2 = 1 - abar_t`` (the VP noise variance, as in Chen et al.'s Eq. 4)."""
+    sizes = tuple(float(step_size * (1 - alphas_cumprod[int(t)])) for t in timesteps)
+    return GuidanceSchedule(sizes, update_steps=math.ceil(until * len(sizes)))

@@ -1,4 +1,4 @@
-"""Boxes on token grids, and which text keys are the end-of-text and padding positions.
+"""Boxes on token grids, and the keep-mask that drops the end-of-text and padding keys.
 
 Every layout mode works on the same two ingredients: for each region, the query cells of a layer's token grid
 that overlap its box (``(regions, queries)`` bool, raster order as the attention queries are laid out), and the
@@ -20,20 +20,6 @@ Box = tuple[float, float, float, float]
 def region_masks(boxes: Sequence[Box], grid: Grid) -> torch.Tensor:
     """(regions, gh * gw) bool: the cells of ``grid`` overlapping each normalised box ``(x0, y0, x1, y1)``."""
     return torch.stack([box_cells(box, tuple(grid)).reshape(-1) for box in boxes])
-
-
-def end_and_padding_tokens(tokenizer, prompt: str) -> list[int]:
-    """Key positions from the end-of-text token on (end token and padding) of ``prompt`` padded to the
-    tokenizer's maximum length, as the pipelines encode it.
-
-    With a causal text encoder (CLIP) these states have read the whole prompt, so every phrase reaches every
-    pixel through them; with T5 they are the end token and padding. Empty when the prompt fills the sequence.
-    """
-    length = tokenizer.model_max_length
-    ids = tokenizer(prompt, truncation=True, max_length=length).input_ids
-    if len(ids) >= length and ids[-1] != tokenizer.eos_token_id:
-        return []
-    return list(range(len(ids) - 1, length))
 
 
 def special_keep_mask(masks: torch.Tensor, special: Sequence[int], key_len: int, where: str) -> torch.Tensor | None:

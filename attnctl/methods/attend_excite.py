@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from attnctl.checks import Integer, Json, Number
+from attnctl.checks import Json
 from attnctl.spec import Converter, MethodSpec, Param
 
 
@@ -32,13 +32,12 @@ def subjects_record(output: Any) -> dict[str, Any]:
 
 SPEC = MethodSpec(
     "attend-excite", "Attend-and-Excite", pipeline, "image",
-    "Attend-and-Excite (fields: token_indices, max_iter_to_alter, scale_factor, thresholds)",
+    "Attend-and-Excite",
     params=(
         Param("token_indices", "subject token indices (start token = 0)", "token_indices",
               Json(list, "[2, 5]"), default="the nouns heading the parsed noun phrases"),
-        Param("max_iter_to_alter", "steps with a latent update", "max_iter_to_alter", Integer(0, 10_000),
-              default="25"),
-        Param("scale_factor", "gradient step size (0 = stock)", "scale_factor", Number(0.0, 1e9), default="20"),
+        Param("max_iter_to_alter", "steps with a latent update", "max_iter_to_alter", default="25"),
+        Param("scale_factor", "gradient step size (0 = stock)", "scale_factor", default="20"),
         Param("thresholds", "loop index -> attention every subject must reach there (refinement)", None,
               Json(dict, '{"0": 0.05, "10": 0.5, "20": 0.8}'), default='{"0": 0.05, "10": 0.5, "20": 0.8}'),
     ),

@@ -10,7 +10,7 @@ from attnctl.checks import Boxes, Choice, Number, NumberList, Text, TextList
 from attnctl.spec import MethodSpec, Param
 
 #: ``attnctl.layout.MODES`` and ``SPECIAL_MASKS``, repeated so the spec stays free of torch (a test ties them).
-LAYOUT_MODES = ("forbid", "bias", "prompts")
+LAYOUT_MODES = ("forbid", "bias", "prompts", "guidance")
 SPECIAL_MASKS = ("off", "boxes", "all")
 
 
@@ -52,10 +52,11 @@ SPEC = MethodSpec(
         Param("boxes", "one box [x0, y0, x1, y1] in pixels of the output image per phrase", None, Boxes(),
               default="none (stock)"),
         Param("layout_mode", '"forbid" (phrases masked outside their boxes), "bias" (eDiff-I paint-with-words), '
-              '"prompts" (regional prompts)', "layout_mode", Choice(LAYOUT_MODES), default='"forbid"'),
-        Param("layout_strength", "bias mode: eDiff-I's strength w", "layout_strength", Number(0.0, 100.0),
-              default="1.0"),
-        Param("layout_until", "bias mode: fraction of the steps that get the bias", "layout_until",
+              '"prompts" (regional prompts), "guidance" (latent guidance by gradient)', "layout_mode",
+              Choice(LAYOUT_MODES), default='"forbid"'),
+        Param("layout_strength", "bias mode: eDiff-I's strength w; guidance mode: step size eta", "layout_strength",
+              Number(0.0, 100.0), default="1.0"),
+        Param("layout_until", "bias/guidance modes: fraction of the steps biased or guided", "layout_until",
               Number(0.0, 1.0, open_low=True), default="1.0"),
         Param("mask_special", 'drop end-of-text and padding keys: "off", "boxes", "all"', "mask_special",
               Choice(SPECIAL_MASKS), default='"off"'),

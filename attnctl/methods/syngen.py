@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnctl.checks import Integer, Number
 from attnctl.spec import MethodSpec, Param
 
 
@@ -22,12 +21,10 @@ def sets_record(output: Any) -> dict[str, Any]:
 
 SPEC = MethodSpec(
     "syngen", "SynGen", pipeline, "image",
-    "SynGen, modifier-noun binding by attention alignment (fields: syngen_step_size, num_intervention_steps)",
+    "SynGen, modifier-noun binding by attention alignment",
     params=(
-        Param("syngen_step_size", "gradient step size (0 = stock)", "syngen_step_size", Number(0.0, 1e9),
-              default="20"),
-        Param("num_intervention_steps", "steps with a latent update", "num_intervention_steps", Integer(0, 10_000),
-              default="25"),
+        Param("syngen_step_size", "gradient step size (0 = stock)", "syngen_step_size", default="20"),
+        Param("num_intervention_steps", "steps with a latent update", "num_intervention_steps", default="25"),
     ),
     record=sets_record,
 )

@@ -12,7 +12,6 @@ from attnctl.core.run import RunState
 from attnctl.layout import (
     AttentionBiasLayout,
     ediffi_bias,
-    end_and_padding_tokens,
     paint_matrix,
     region_masks,
     special_keep_mask,
@@ -60,16 +59,6 @@ def test_special_keep_mask_drops_end_and_padding_inside_boxes_or_everywhere():
             assert boxes[q, j] == (j < 4 or not inside[q])
             assert everywhere[q, j] == (j < 4)
     assert special_keep_mask(masks, [4, 5], 6, "off") is None
-
-
-def test_end_and_padding_positions_follow_the_tokenizer(tiny_sd_path):
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_path, subfolder="tokenizer")
-    ids = tokenizer("a red car", padding="max_length", max_length=tokenizer.model_max_length).input_ids
-    positions = end_and_padding_tokens(tokenizer, "a red car")
-    assert positions[0] == ids.index(tokenizer.eos_token_id)
-    assert positions == list(range(positions[0], tokenizer.model_max_length))
 
 
 def _call(batch: int, grid: tuple[int, int], step: int = 0) -> AttentionCall:

@@ -8,6 +8,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from attnctl import RegionalDiffusionPipeline
+from attnctl.layout import special_positions
+from attnctl.models.tiny_families import TINY_MAX_SEQUENCE_LENGTH
 
 PROMPT = "a red car next to a blue bird"
 REGIONS = [("red car", (0.0, 0.2, 0.5, 1.0)), ("blue bird", (0.6, 0.0, 1.0, 0.4))]
@@ -34,13 +36,26 @@ def _run(pipeline, **overrides):
     return pipeline(**kwargs)
 
 
-@pytest.mark.parametrize("mode", ["forbid", "bias", "prompts"])
+@pytest.mark.parametrize("mode", ["forbid", "bias", "prompts", "guidance"])
 def test_no_regions_is_stock_in_every_mode(pipe, stock, mode):
     assert np.array_equal(_run(pipe, layout_mode=mode, mask_special="off").images, stock)
 
 
 def test_bias_with_zero_strength_is_stock(pipe, stock):
     assert np.array_equal(_run(pipe, regions=REGIONS, layout_mode="bias", layout_strength=0.0).images, stock)
+
+
+def test_guidance_with_zero_step_size_is_stock(pipe, stock):
+    assert np.array_equal(_run(pipe, regions=REGIONS, layout_mode="guidance", layout_strength=0.0).images, stock)
+
+
+def test_guidance_moves_the_latents_and_changes_the_image(pipe, tiny_sd_path):
+    square = dict(height=32, width=32, num_inference_steps=3)  # maps on the 16x16 grid of a square latent
+    stock = StableDiffusionPipeline.from_pretrained(tiny_sd_path)
+    stock.set_progress_bar_config(disable=True)
+    expected = _run(stock, **square).images
+    guided = _run(pipe, regions=REGIONS, layout_mode="guidance", layout_strength=50.0, layout_until=0.5, **square)
+    assert np.isfinite(guided.images).all() and not np.array_equal(guided.images, expected)
 
 
 def test_regional_prompts_with_base_ratio_one_is_stock_up_to_rounding(pipe, stock):
@@ -65,6 +80,7 @@ def test_each_mode_changes_the_image_and_restores_the_processors(pipe, stock, se
     (dict(layout_mode="paint"), "layout_mode='paint'"),
     (dict(mask_special="eot"), "mask_special='eot'"),
     (dict(layout_mode="prompts", mask_special="boxes"), "mask_special='boxes' works with"),
+    (dict(layout_mode="guidance", mask_special="all"), "not 'guidance'"),
     (dict(layout_mode="bias", layout_strength=-1.0), "layout_strength=-1.0"),
     (dict(layout_mode="bias", layout_until=0.0), "layout_until=0.0"),
     (dict(layout_mode="prompts", base_ratio=1.5), "base_ratio=1.5"),
@@ -75,3 +91,22 @@ def test_each_mode_changes_the_image_and_restores_the_processors(pipe, stock, se
 def test_bad_layout_settings_raise(pipe, settings, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
         _run(pipe, regions=REGIONS, **settings)
+
+
+def test_special_positions_are_the_end_and_padding_keys(pipe):
+    call = {**pipe.default_call(), "prompt": PROMPT}
+    ids = pipe.tokenizer(PROMPT, padding="max_length", max_length=pipe.tokenizer.model_max_length).input_ids
+    end = ids.index(pipe.tokenizer.eos_token_id)
+    assert special_positions(pipe, call) == list(range(end, pipe.tokenizer.model_max_length))
+    with pytest.raises(ValueError, match="end at different token positions"):
+        special_positions(pipe, {**call, "prompt": [PROMPT, "a red car"]})
+
+
+def test_special_positions_cover_both_text_encoders_of_sd3(tiny_sd3_path):
+    sd3 = RegionalDiffusionPipeline.from_pretrained(tiny_sd3_path)
+    call = {**sd3.default_call(), "prompt": "a red car", "max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+    clip_rows = sd3.tokenizer_max_length
+    words = sd3.family_text.word_positions(sd3, "a red car", "a red car", "prompt", call)
+    expected = [j for j in range(1, clip_rows + TINY_MAX_SEQUENCE_LENGTH) if j not in words]
+    assert special_positions(sd3, call) == expected
+    assert any(j < clip_rows for j in expected) and any(j >= clip_rows for j in expected)

@@ -37,6 +37,20 @@ class TestStructuredSDXL(StructuredContract):
     path_fixture = "tiny_sdxl_path"
 
 
+class TestStructuredSD3(StructuredContract):
+    path_fixture = "tiny_sd3_path"
+    call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+
+
+class TestStructuredSD35(TestStructuredSD3):
+    path_fixture = "tiny_sd35_path"
+
+
+class TestStructuredFlux(StructuredContract):
+    path_fixture = "tiny_flux_path"
+    call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+
+
 class TestStructuredPixArt(StructuredContract):
     path_fixture = "tiny_pixart_path"
     call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH, "clean_caption": False,
@@ -153,7 +167,15 @@ def test_attention_maps_on_every_family_are_labelled_per_prompt_token(fixture, r
 
 
 @pytest.mark.parametrize("fixture", ["tiny_sd3_path", "tiny_flux_path"])
-def test_structured_guidance_on_joint_attention_is_refused_clearly(fixture, request):
+def test_joint_attention_refuses_keys_mode_and_maps_with_guidance(fixture, request):
     pipe = StructuredDiffusionPipeline.from_pretrained(request.getfixturevalue(fixture))
-    with pytest.raises(ValueError, match="struct_mode='values': structured guidance on .* not implemented yet"):
-        pipe(PROMPT, num_inference_steps=1, **T5_CALL)
+    with pytest.raises(ValueError, match="struct_mode='keys' is not defined on"):
+        pipe(PROMPT, struct_mode="keys", num_inference_steps=1, **T5_CALL)
+    with pytest.raises(ValueError, match="record maps with struct_mode=None"):
+        pipe(PROMPT, return_attention_maps=True, num_inference_steps=1, **T5_CALL)
+
+
+def test_sd3_phrases_move_their_clip_and_t5_rows(tiny_sd3_path):
+    pipe = StructuredDiffusionPipeline.from_pretrained(tiny_sd3_path)
+    phrase = pipe.parse_phrases(PROMPT, ["a blue bench"])[0]
+    assert pipe.family_text.joint_moves(pipe, PROMPT, phrase, T5_CALL) == ((1 + 4, 1, 3), (77 + 4, 77, 3))
