@@ -1,11 +1,15 @@
 """Example images for the tabs, drawn with the coloured-shapes renderer the default model was trained on.
 
-They are written (atomically) each time the app is built, to a folder under the system temp directory
-(Gradio serves files from there), so the repository holds no binary examples.
+They are written each time the app is built into a private folder made for this process under the system temp
+directory (``mkdtemp``: a fresh name, mode 0700, so no other user can plant a symlink there; Gradio serves files
+from the temp directory) and removed at exit, so the repository holds no binary examples.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,7 +20,13 @@ from attnctl.batch.atomic import atomic_path
 from attnctl.shapes.render import render_scene
 from attnctl.shapes.scene import BACKGROUND, Scene, ShapeObject
 
-EXAMPLE_DIR = Path(tempfile.gettempdir()) / "attnctl-ui-examples"
+
+@functools.cache
+def example_folder() -> Path:
+    """This process's private example folder (created on first use, removed at exit)."""
+    folder = Path(tempfile.mkdtemp(prefix="attnctl-ui-examples-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def shapes_image(*objects: ShapeObject) -> Image.Image:
@@ -31,9 +41,10 @@ def silhouette(image: Image.Image) -> Image.Image:
     return Image.fromarray(differs.astype(np.uint8) * 255)
 
 
-def composer_files(folder: Path = EXAMPLE_DIR) -> dict[str, str]:
-    """Paths of a background (a blue square), a subject (a red circle) and the subject's mask."""
-    folder.mkdir(parents=True, exist_ok=True)
+def composer_files(folder: Path | None = None) -> dict[str, str]:
+    """Paths of a background (a blue square), a subject (a red circle) and the subject's mask (default folder:
+    :func:`example_folder`)."""
+    folder = folder or example_folder()
     subject = shapes_image(ShapeObject("circle", "red", "medium", 32.0, 32.0, 24.0))
     images = {
         "background": shapes_image(ShapeObject("square", "blue", "medium", 18.0, 32.0, 22.0)),
@@ -43,17 +54,16 @@ def composer_files(folder: Path = EXAMPLE_DIR) -> dict[str, str]:
     paths = {}
     for name, image in images.items():
         paths[name] = str(folder / f"{name}.png")
-        with atomic_path(Path(paths[name])) as temp:  # another app may be reading the previous copy
+        with atomic_path(Path(paths[name])) as temp:  # an app built earlier may be reading the previous copy
             image.save(temp)
     return paths
 
 
-def moving_circle_video(folder: Path = EXAMPLE_DIR, frames: int = 17) -> str:
+def moving_circle_video(folder: Path | None = None, frames: int = 17) -> str:
     """An mp4 of a red circle crossing the frame: ``frames`` frames (4k+1, as Wan's VAE needs), 64 x 64."""
     from diffusers.utils import export_to_video
 
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "moving-circle.mp4"
+    path = (folder or example_folder()) / "moving-circle.mp4"
     video = [
         shapes_image(ShapeObject("circle", "red", "medium", 14.0 + 36.0 * index / (frames - 1), 32.0, 20.0))
         for index in range(frames)

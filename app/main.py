@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from functools import partial
 from typing import Any
 
 import gradio as gr
 
-from attnctl import FreeSwimPipeline, StructuredDiffusionPipeline
+from attnctl.methods.freeswim import SPEC as FREESWIM
+from attnctl.methods.structured import SPEC as STRUCTURED
 
+from .limits import Limits, is_remote
 from .models import MODEL_QUEUE, ModelCache
 from .tabs import composition, freeswim, layout, structured
+from .validation import hide_paths
 
 TITLE = "attnctl: training-free attention control"
 CSS = """
@@ -22,24 +26,30 @@ CSS = """
 
 
 def load_models(models: ModelCache, model: str, video_model: str) -> str:
-    """Load the picked models now (tabs load them on first use anyway) and say what is held."""
+    """Load the picked models now (tabs load them on first use anyway) and say what is held, with the family
+    detected for each."""
     started = time.perf_counter()
-    loaded = [models.resolve(model)]
-    models.get(model, StructuredDiffusionPipeline)
-    if (video_model or "").strip():
-        models.get(video_model, FreeSwimPipeline)
-        loaded.append(models.resolve(video_model))
-    names = " and ".join(f"`{path}`" for path in loaded)
+    picked = [(model, STRUCTURED)] + ([(video_model, FREESWIM)] if (video_model or "").strip() else [])
+    loaded = []
+    for name, method in picked:
+        models.get(name, method)
+        source, family = models.checked(name, method)
+        loaded.append(f"`{source}` ({family.title})")
+    names = " and ".join(loaded)
     return f"Loaded {names} in {time.perf_counter() - started:.1f} s."
 
 
-def build_app(model: str | None = None, video_model: str | None = None) -> gr.Blocks:
+def build_app(model: str | None = None, video_model: str | None = None, limits: Limits | None = None) -> gr.Blocks:
     """The attnctl web UI. ``model``: image model (diffusers folder or hub id; ``None``: the embedded default)
-    for the image tabs; ``video_model``: Wan text-to-video model for the FreeSwim tab (no default).
+    for the image tabs; ``video_model``: Wan text-to-video model for the FreeSwim tab (no default); ``limits``:
+    the server's caps (:class:`~attnctl.app.limits.Limits`; default: its defaults, this machine only).
 
-    Nothing is loaded here: each model is read on first use and then kept for every tab.
+    Nothing is loaded here: each model is read on first use and then kept for every tab (up to
+    ``limits.max_models``).
     """
-    models = ModelCache()
+    limits = limits or Limits()
+    hide_paths(limits.remote)
+    models = ModelCache(limits=limits)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE}")
         with gr.Row(elem_id="model-row"):
@@ -70,7 +80,7 @@ def build_app(model: str | None = None, video_model: str | None = None) -> gr.Bl
             api_name="load_models",
             concurrency_id=MODEL_QUEUE,
         )
-    demo.queue(default_concurrency_limit=1, max_size=32)
+    demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.max_queue)
     return demo
 
 
@@ -80,14 +90,17 @@ def launch(
     port: int | None = None,
     share: bool = False,
     video_model: str | None = None,
+    limits: Limits | None = None,
     **kwargs: Any,
 ) -> gr.Blocks:
     """Serve :func:`build_app` on ``host:port`` (this machine only by default) and return the Blocks.
 
-    ``port=None`` takes the first free port from 7860. Other keyword arguments go to ``Blocks.launch``
-    (e.g. ``prevent_thread_lock=True`` to return at once; then ``.close()`` the returned Blocks).
+    ``port=None`` takes the first free port from 7860. ``limits``: the server's caps; ``remote`` is set from
+    ``host`` and ``share`` (messages then name no server path). Other keyword arguments go to
+    ``Blocks.launch`` (e.g. ``prevent_thread_lock=True`` to return at once; then ``.close()`` the Blocks).
     """
-    demo = build_app(model, video_model)
+    limits = dataclasses.replace(limits or Limits(), remote=is_remote(host, share))
+    demo = build_app(model, video_model, limits)
     kwargs.setdefault("theme", gr.themes.Soft())
     kwargs.setdefault("css", CSS)
     demo.launch(server_name=host, server_port=port, share=share, **kwargs)

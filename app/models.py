@@ -1,25 +1,29 @@
-"""The model picker's cache: each model is read from disk once and shared by every tab.
+"""The model picker's cache: each model is read from disk once and shared by every tab, up to a bound.
 
-Pipelines are keyed by (resolved model path, pipeline class). A second pipeline class on a model already
-loaded is built with diffusers' ``from_pipe``, which reuses the loaded modules instead of reading the
-weights again (all image tabs are Stable Diffusion subclasses). Events that run models share one queue
-(``concurrency_id``), so pipelines sharing modules never run at the same time.
+Pipelines are keyed by (resolved model, pipeline class). A second pipeline class on a model already loaded is
+built with diffusers' ``from_pipe``, which reuses the loaded modules instead of reading the weights again (all
+image tabs are Stable Diffusion subclasses). At most ``max_models`` models are held; the least recently used
+one is dropped first. Events that run models share one queue (``concurrency_id``), so pipelines sharing
+modules never run at the same time. Models are resolved by :mod:`attnctl.models.resolve`, as the CLI does,
+and a tab's method is refused on a model family it does not support.
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
+from collections import OrderedDict
 
 import torch
 from diffusers import DiffusionPipeline
 
-from attnctl.cli.common import resolve_model
-from attnctl.models.default import default_model_path
+from attnctl.models.families import Family
+from attnctl.models.resolve import ModelError, ModelNotFound, NotAPipelineFolder, ResolvedModel, resolve_model
+from attnctl.spec import MethodSpec
 
-from .validation import user_error
+from .limits import Limits
+from .validation import hiding_paths, user_error
 
-MODEL_QUEUE = "model"  # the concurrency_id of every event that runs a model: one run at a time
+MODEL_QUEUE = "model"  # the concurrency_id of every event that runs a model: one queue for all
 
 
 def default_device() -> torch.device:
@@ -27,53 +31,71 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class ModelCache:
-    """Loaded pipelines keyed by (model path, pipeline class), on ``device`` (default: the accelerator)."""
+def model_error(text: str, err: ModelError) -> Exception:
+    """The page's message for a model that cannot be used; remote clients are not told which paths exist."""
+    if err.model is None:
+        return user_error(f"Model is empty and {err.reason}; or type a diffusers folder or hub id.")
+    if hiding_paths() and isinstance(err, (ModelNotFound, NotAPipelineFolder)):
+        return user_error(f"Model {text!r} is not a model this server can load: type a hub id (org/name) or "
+                          "the name of a model folder its operator set up.")
+    return user_error(f"Model {err.describe()}")
 
-    def __init__(self, device: torch.device | None = None):
+
+class ModelCache:
+    """Loaded pipelines keyed by (model, pipeline class), on ``device`` (default: the accelerator), holding at
+    most ``limits.max_models`` models; ``limits`` are the server's caps, which the tabs read from here."""
+
+    def __init__(self, device: torch.device | None = None, limits: Limits | None = None):
         self.device = device or default_device()
-        self._pipelines: dict[tuple[str, type], DiffusionPipeline] = {}
+        self.limits = limits or Limits()
+        self._models: OrderedDict[str, dict[type, DiffusionPipeline]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def resolve(self, model: str | None) -> str:
-        """The picker's text as a loadable path or hub id (empty: the embedded default model)."""
-        text = (model or "").strip()
-        if not text:
-            try:
-                return str(default_model_path())
-            except FileNotFoundError as err:
-                raise user_error(f"Model is empty and {err}; or type a diffusers folder or hub id.") from None
+    def resolve(self, model: str | None) -> ResolvedModel:
+        """The picker's text as a loadable model (empty: the embedded default model)."""
         try:
-            return resolve_model(text)
-        except ValueError as err:  # worded for the command line: "--model <value>: what is wrong"
-            message = str(err)
-            raise user_error(
-                f"Model {message.removeprefix('--model ')}"
-                if message.startswith("--model ")
-                else f"Model {text!r}: {message}"
-            ) from None
+            return resolve_model(model)
+        except ModelError as err:
+            raise model_error((model or "").strip(), err) from None
 
-    def get(self, model: str | None, pipeline_class: type[DiffusionPipeline]) -> DiffusionPipeline:
-        """The pipeline of ``pipeline_class`` on ``model``, loaded (or built from a loaded sibling) once."""
-        path = self.resolve(model)
-        key = (path, pipeline_class)
+    def checked(self, model: str | None, method: MethodSpec) -> tuple[str, Family]:
+        """The model's source and family, after checking that ``method`` applies to that family."""
+        resolved = self.resolve(model)
+        try:
+            return resolved.source, resolved.require(method)
+        except ModelError as err:
+            raise model_error(resolved.source, err) from None
+
+    def describe(self, model: str | None, method: MethodSpec) -> str:
+        """``source (family title)``, for the run details."""
+        source, family = self.checked(model, method)
+        return f"{source} ({family.title})"
+
+    def get(self, model: str | None, method: MethodSpec) -> DiffusionPipeline:
+        """The pipeline of ``method`` on ``model``, loaded (or built from a loaded sibling) once."""
+        self.checked(model, method)  # the family check, before anything loads
+        source, pipeline_class = self.resolve(model).source, method.pipeline_class()
         with self._lock:
-            if key not in self._pipelines:
-                self._pipelines[key] = self._load(path, pipeline_class)
-            return self._pipelines[key]
+            pipelines = self._models.setdefault(source, {})
+            self._models.move_to_end(source)
+            if pipeline_class not in pipelines:
+                pipelines[pipeline_class] = self._load(source, pipeline_class, next(iter(pipelines.values()), None))
+            while len(self._models) > self.limits.max_models:
+                self._models.popitem(last=False)  # the least recently used model
+            return pipelines[pipeline_class]
 
-    def _load(self, path: str, pipeline_class: type[DiffusionPipeline]) -> DiffusionPipeline:
-        sibling = next((pipe for (p, _), pipe in self._pipelines.items() if p == path), None)
+    def _load(self, source: str, pipeline_class: type, sibling: DiffusionPipeline | None) -> DiffusionPipeline:
         try:
             if sibling is not None:
                 pipe = pipeline_class.from_pipe(sibling)
             else:
-                pipe = pipeline_class.from_pretrained(path).to(self.device)
+                pipe = pipeline_class.from_pretrained(source).to(self.device)
         except Exception as err:  # any folder or hub id can be typed in: every failure is "not loadable"
-            where = "folder" if Path(path).exists() else "hub id (this machine may have no network)"
+            if not self._models.get(source):
+                self._models.pop(source, None)  # nothing of it loaded: do not hold its place
+            detail = "" if hiding_paths() else f": {type(err).__name__}: {err}"
             raise user_error(
-                f"Model {path!r} ({where}) could not be loaded as {pipeline_class.__name__}: "
-                f"{type(err).__name__}: {err}. "
+                f"Model {source!r} could not be loaded as {pipeline_class.__name__}{detail}. "
                 "Pick a diffusers folder of the kind this tab needs."
             ) from None
         pipe.set_progress_bar_config(disable=True)  # the page's progress bar replaces the console's

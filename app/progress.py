@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
+from .validation import user_error
+
 
 def step_progress(
-    progress: gr.Progress, stage: str, done_before: int = 0, total: int | None = None
+    progress: gr.Progress, stage: str, done_before: int = 0, total: int | None = None,
+    deadline: tuple[float, float] | None = None,
 ) -> Callable[..., dict]:
     """A diffusers step-end callback reporting ``(done_before + step + 1) / total`` labelled ``stage``.
 
     Several pipeline calls of one event share one bar: give each its offset ``done_before`` in the total.
     ``total=None`` reads the pipeline's ``num_timesteps`` (e.g. a refinement stage that skips early steps).
+    ``deadline``: ``(time.monotonic() at which to stop, the limit in seconds)``; a step ending later stops the
+    run there with a message (the pipeline restores its processors on the way out).
     """
 
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        if deadline is not None and time.monotonic() > deadline[0]:
+            raise user_error(f"this request ran past the server's time limit of {deadline[1]:g} s and was "
+                             "stopped; use fewer steps or a smaller size")
         progress((done_before + step + 1, total or pipe.num_timesteps), desc=stage, unit="steps")
         return tensors
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .validation import user_error
+from attnctl.checks import rgb_image
+
+from .validation import user_error, user_errors
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 (left, top, right, bottom)
 
 
 def editor_background(editor: dict | None, label: str) -> Image.Image:
-    """The image uploaded into an image editor, as RGB; an error naming ``label`` when there is none."""
+    """The image uploaded into an image editor as 8-bit RGB (:func:`attnctl.checks.rgb_image`: 16-bit scaled,
+    alpha dropped); an error naming ``label`` when there is none or it is not an image."""
     background = (editor or {}).get("background")
     if background is None:
         raise user_error(f"{label} is missing: upload an image.")
-    return background.convert("RGB")
+    with user_errors():
+        return rgb_image(label, background)
 
 
 def painted(layer: Image.Image) -> np.ndarray:

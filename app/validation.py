@@ -8,17 +8,37 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import gradio as gr
 import torch
 
-MAX_SEED = 2**32 - 1
+from attnctl.spec import COMMON_PARAMS, MethodSpec, Param
+
+SEED = next(p for p in COMMON_PARAMS if p.name == "seed")
+#: Absolute paths (POSIX or Windows) in a message; hidden from remote clients (:func:`hide_paths`).
+_PATH = re.compile(r"(?:[A-Za-z]:\\|(?<![\w.:/])/)[^\s'\",;:)]+")
+_remote = False  # set by build_app: True when the server is reachable beyond this machine
+
+
+def hide_paths(remote: bool) -> None:
+    """Whether error messages hide server paths (the server is reachable from other machines)."""
+    global _remote
+    _remote = remote
+
+
+def hiding_paths() -> bool:
+    return _remote
 
 
 def user_error(message: str) -> gr.Error:
-    """A ``gr.Error`` for input the person can fix: shown as typed (HTML-escaped), no server traceback."""
+    """A ``gr.Error`` for input the person can fix: shown as typed (HTML-escaped), no server traceback; when
+    the server is reachable beyond this machine, every absolute path in it reads ``[path]``."""
+    if _remote:
+        message = _PATH.sub("[path]", message)
     return gr.Error(html.escape(message, quote=False), print_exception=False)
 
 
@@ -53,9 +73,33 @@ def whole_number(value: float | None, label: str, low: int, high: int) -> int:
     return int(value)
 
 
+def param_value(param: Param, value: Any, label: str) -> Any:
+    """A control's value checked by a spec param's kind (the check the CLI applies to the job field of that
+    name), the error naming the control by its ``label``."""
+    try:
+        return param.kind(label, value)
+    except ValueError as err:
+        raise user_error(str(err)) from None
+
+
+def spec_values(method: MethodSpec, controls: Mapping[str, str], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A tab's controls checked by ``method``'s params: ``controls`` maps param names to the page's labels."""
+    params = method.all_params
+    return {name: param_value(params[name], values[name], label) for name, label in controls.items()}
+
+
+def capped(value: float, cap: float, label: str, flag: str) -> float:
+    """``value`` unless it passes this server's ``cap`` (:class:`~attnctl.app.limits.Limits`)."""
+    if value > cap:
+        raise user_error(f"{label} is {value}: this server allows at most {cap} (started with `attnctl ui "
+                         f"{flag} {cap}`; ask its operator for more)")
+    return value
+
+
 def seeded_generator(seed: float | None) -> torch.Generator:
-    """A CPU generator seeded with the page's seed: the same seed gives the same noise on any device."""
-    return torch.Generator("cpu").manual_seed(whole_number(seed, "Seed", 0, MAX_SEED))
+    """A CPU generator seeded with the page's seed (the CLI's range, 0 to 2**63 - 1): the same seed gives the
+    same noise on any device."""
+    return torch.Generator("cpu").manual_seed(param_value(SEED, seed, "Seed"))
 
 
 def phrase_lines(text: str | None) -> list[str] | None:

@@ -14,12 +14,28 @@ __version__ = "0.1.0"
 _LAZY = {
     "StructuredDiffusionPipeline": "attnctl.pipelines.structured",
     "StructuredDiffusionPipelineOutput": "attnctl.pipelines.structured",
+    "StructuredDiffusionXLPipeline": "attnctl.pipelines.structured",
+    "StructuredPixArtSigmaPipeline": "attnctl.pipelines.structured",
+    "StructuredStableDiffusion3Pipeline": "attnctl.pipelines.structured",
+    "StructuredFluxPipeline": "attnctl.pipelines.structured",
     "FreeSwimPipeline": "attnctl.pipelines.freeswim",
     "FreeSwimPipelineOutput": "attnctl.pipelines.freeswim",
+    "FreeSwimImageToVideoPipeline": "attnctl.pipelines.freeswim",
+    "FreeSwimVACEPipeline": "attnctl.pipelines.freeswim",
     "PrimeComposerPipeline": "attnctl.pipelines.composer",
     "PrimeComposerPipelineOutput": "attnctl.pipelines.composer",
     "RegionalDiffusionPipeline": "attnctl.pipelines.regional",
     "RegionalDiffusionPipelineOutput": "attnctl.pipelines.regional",
+    "RegionalDiffusionXLPipeline": "attnctl.pipelines.regional",
+    "RegionalPixArtSigmaPipeline": "attnctl.pipelines.regional",
+    "RegionalStableDiffusion3Pipeline": "attnctl.pipelines.regional",
+    "RegionalFluxPipeline": "attnctl.pipelines.regional",
+    "AttendAndExcitePipeline": "attnctl.pipelines.attend_excite",
+    "AttendAndExciteXLPipeline": "attnctl.pipelines.attend_excite",
+    "AttendAndExcitePipelineOutput": "attnctl.pipelines.attend_excite",
+    "SynGenPipeline": "attnctl.pipelines.syngen",
+    "SynGenXLPipeline": "attnctl.pipelines.syngen",
+    "SynGenPipelineOutput": "attnctl.pipelines.syngen",
 }
 
 __all__ = ["__version__", *_LAZY]

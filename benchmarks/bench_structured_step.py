@@ -18,7 +18,7 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
-from attnctl.core import AttentionController
+from attnctl.core import AttentionController, guidance_rows
 from attnctl.structured import PhraseEncoding, StructuredControl
 
 
@@ -60,8 +60,8 @@ def main() -> None:
     modes = {
         "stock": None,
         "attnctl, no control": AttentionController(),
-        "values": AttentionController([StructuredControl(phrases, "values")]),
-        "keys": AttentionController([StructuredControl(phrases, "keys")]),
+        "values": AttentionController([StructuredControl(phrases, "values")], rows=guidance_rows(1)),
+        "keys": AttentionController([StructuredControl(phrases, "keys")], rows=guidance_rows(1)),
     }
     times: dict[str, list[float]] = {name: [] for name in modes}
     with torch.inference_mode():

@@ -22,6 +22,7 @@ from diffusers.image_processor import PipelineImageInput
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from attnctl.checks import check_call
 from attnctl.composer import (
     AUTO,
     CORRELATION,
@@ -53,7 +54,9 @@ from attnctl.composer import (
     words_token_indices,
     working_size,
 )
-from attnctl.core import AttentionController
+from attnctl.core import AttentionController, stacked
+
+from .base import FamilyPipelineMixin
 
 INVERSION = "inversion"
 logger = logging.get_logger(__name__)
@@ -86,11 +89,12 @@ class _UNetComposer:
         self.pipe, self.controller, self.injection, self.schedule, self.embeds = (
             pipe, controller, injection, schedule, embeds)
 
-    def _output(self, latents: torch.Tensor, t: float, embeds: torch.Tensor, branch: str) -> torch.Tensor:
-        self.controller.branch = branch
+    def _output(self, latents: torch.Tensor, t: float, embeds: torch.Tensor, branch: str, *parts: str) -> torch.Tensor:
+        """One UNet pass, declared to the controller as ``branch`` with the batch rows ``parts`` (in order)."""
         timestep = torch.tensor(self.schedule.model_time(t), device=latents.device, dtype=torch.float32)
-        return self.pipe.unet(latents, timestep, encoder_hidden_states=embeds.expand(latents.shape[0], -1, -1),
-                              cross_attention_kwargs=self.pipe.cross_attention_kwargs, return_dict=False)[0]
+        with self.controller.declared(branch, stacked(*parts)):
+            return self.pipe.unet(latents, timestep, encoder_hidden_states=embeds.expand(latents.shape[0], -1, -1),
+                                  cross_attention_kwargs=self.pipe.cross_attention_kwargs, return_dict=False)[0]
 
     def _data(self, output: torch.Tensor, latents: torch.Tensor, t: float) -> torch.Tensor:
         return data_from_output(output, latents, self.schedule.alpha(t), self.schedule.sigma(t),
@@ -98,14 +102,15 @@ class _UNetComposer:
 
     def correlate(self, reference: torch.Tensor, composite: torch.Tensor | None, t: float) -> None:
         batch = reference if composite is None else torch.cat([composite, reference])
-        self._output(batch, t, self.embeds["cond"], CORRELATION)  # only the recorded logits matter
+        parts = ("reference",) if composite is None else ("composite", "reference")
+        self._output(batch, t, self.embeds["cond"], CORRELATION, *parts)  # only the recorded logits matter
 
     def predict(self, latents: torch.Tensor, t: float, inject: bool) -> torch.Tensor:
         self.injection.active = inject
         guided = self.pipe.do_classifier_free_guidance
         batch = torch.cat([latents] * 2) if guided else latents
         embeds = torch.cat([self.embeds["uncond"], self.embeds["cond"]]) if guided else self.embeds["cond"]
-        output = self._output(batch, t, embeds, GENERATOR)
+        output = self._output(batch, t, embeds, GENERATOR, *(("uncond", "cond") if guided else ("cond",)))
         self.injection.active = False
         if guided:
             uncond, cond = output.chunk(2)
@@ -113,12 +118,20 @@ class _UNetComposer:
         return self._data(output, latents, t)
 
     def predict_inversion(self, latents: torch.Tensor, t: float) -> torch.Tensor:
-        return self._data(self._output(latents, t, self.embeds["inversion"], INVERSION), latents, t)
+        inverted = self._output(latents, t, self.embeds["inversion"], INVERSION, "background", "reference")
+        return self._data(inverted, latents, t)
 
 
-class PrimeComposerPipeline(StableDiffusionImg2ImgPipeline):
+class ComposerMethod(FamilyPipelineMixin):
+    """PrimeComposer's family dispatch: ``from_pretrained`` refuses the families it has no variant for (SDXL:
+    docs/composer.md says what is missing) before loading anything."""
+
+
+class PrimeComposerPipeline(ComposerMethod, StableDiffusionImg2ImgPipeline):
     """Place a subject (image + mask) into a background box; loads any SD 1.x/2.x checkpoint with
     ``from_pretrained``."""
+
+    family = "sd"
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "background_latents"]
 
@@ -291,6 +304,7 @@ class PrimeComposerPipeline(StableDiffusionImg2ImgPipeline):
             :class:`PrimeComposerPipelineOutput`, or ``(images, nsfw_content_detected, masks)`` when
             ``return_dict=False``.
         """
+        check_call(self, locals())  # every argument, before any model runs
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         config = ComposerConfig(domain, tau_a, tau_b, tau_c, faithful, rca, solver_order, inversion_token_id)

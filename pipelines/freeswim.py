@@ -1,38 +1,53 @@
 """``FreeSwimPipeline``: training-free high-resolution video with Wan (FreeSwim, Wu et al. 2025).
 
-A subclass of diffusers' ``WanPipeline`` (so ``from_pretrained`` loads any Wan text-to-video checkpoint, Wan 2.2
-with ``transformer_2`` included) whose ``__call__`` keeps every parent argument and runs two stages:
+Three pipelines, each a subclass of its diffusers parent whose ``__call__`` keeps every parent argument:
+``FreeSwimPipeline`` (``WanPipeline``: text-to-video, Wan 2.1 and 2.2, TI2V-5B in text mode),
+``FreeSwimImageToVideoPipeline`` (``WanImageToVideoPipeline``: Wan 2.1 I2V with CLIP image context, Wan 2.2 I2V
+A14B with ``transformer_2``, TI2V-5B) and ``FreeSwimVACEPipeline`` (``WanVACEPipeline``).
+``FreeSwimPipeline.from_pretrained`` reads the folder's ``model_index.json`` and returns the matching one (an
+unsupported Wan variant is a ``ValueError`` before anything loads). Each call runs two stages:
 
-1. the stock text-to-video pipeline at the model's native size (``native_height`` x ``native_width``);
+1. the stock parent pipeline at the model's native size (``native_height`` x ``native_width``);
 2. every frame resized bilinearly to the target size (``height`` x ``width``), VAE-encoded, re-noised to
    ``strength`` and denoised with FreeSwim's attention (:mod:`attnctl.freeswim`): inward-window
    self-attention as large as the native token grid, a full-attention branch whose cross-attention output
    overrides the window branch's, cached every ``cache_interval`` steps.
 
-Passing ``video`` skips stage 1 and upscales that video instead (video-to-video). Processors are swapped only
-for the duration of stage 2, with one controller per transformer.
+Stage 2 keeps the variant's conditioning, rebuilt at the target size: the I2V image (its 20 mask and condition
+channels, or TI2V's clean first frame, and Wan 2.1's CLIP image context), VACE's control video, mask, reference
+images and conditioning scale. The window and the cache act on the video tokens (VACE's reference frames are
+frames of that grid); the image context only enters cross-attention. With ``FreeSwimPipeline``, passing
+``video`` skips stage 1 and upscales that video instead (video-to-video). Processors are swapped only for the
+duration of stage 2, with one controller per transformer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import WanPipeline
+from diffusers import (
+    DiffusionPipeline,
+    WanImageToVideoPipeline,
+    WanPipeline,
+    WanVACEPipeline,
+    WanVACETransformer3DModel,
+)
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.wan.pipeline_wan_video2video import retrieve_latents
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from attnctl.checks import check_call, pixel_multiple, video_frames
 from attnctl.core import AttentionController
 from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls
-from attnctl.freeswim.wan_processor import wan_processor_factory
+from attnctl.freeswim.wan_processor import TEXT_TOKENS, wan_processor_factory
 
 VideoInput = list[PIL.Image.Image] | np.ndarray | torch.Tensor
 
@@ -52,8 +67,89 @@ class FreeSwimPipelineOutput(BaseOutput):
     native_frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor | None = None
 
 
-class FreeSwimPipeline(WanPipeline):
-    """Text-to-video above Wan's native resolution (and video upscaling) with FreeSwim attention."""
+RELEASE_FLOW_SHIFT = 9.0  # stage 2's flow shift in the released FreeSwim code (the default here)
+SUPPORTED_WAN = {  # model_index.json class name -> FreeSwim pipeline class name
+    "WanPipeline": "FreeSwimPipeline",
+    "WanVideoToVideoPipeline": "FreeSwimPipeline",
+    "FreeSwimPipeline": "FreeSwimPipeline",
+    "WanImageToVideoPipeline": "FreeSwimImageToVideoPipeline",
+    "FreeSwimImageToVideoPipeline": "FreeSwimImageToVideoPipeline",
+    "WanVACEPipeline": "FreeSwimVACEPipeline",
+    "FreeSwimVACEPipeline": "FreeSwimVACEPipeline",
+}
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
+
+
+@dataclass
+class RefineInputs:
+    """What a Wan variant adds to every stage-2 transformer call, built at the target size.
+
+    Args:
+        channels: (batch, c, frames, h, w) joined to the latents on the channel axis (I2V: 4 mask + z condition).
+        first_frame: (batch, z, frames, h, w) clean condition that replaces the latents where
+            ``first_frame_mask`` is 0 (TI2V-5B's first frame, with timestep 0 on its tokens).
+        first_frame_mask: (1, 1, frames, h, w), 0 on the conditioned frame and 1 elsewhere.
+        batched: transformer keyword arguments with one row per latent row (Wan 2.1's image context, VACE's
+            control latents); dual passes stack them twice like the latents.
+        shared: transformer keyword arguments for all rows (VACE's per-layer conditioning scale).
+        prefix: (batch, z, r, h, w) clean latents of extra leading frames (VACE's reference images), denoised with
+            the video and dropped before decoding.
+    """
+
+    channels: torch.Tensor | None = None
+    first_frame: torch.Tensor | None = None
+    first_frame_mask: torch.Tensor | None = None
+    batched: dict[str, torch.Tensor] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)
+    prefix: torch.Tensor | None = None
+
+
+class FreeSwimStages:
+    """The two FreeSwim stages, shared by the text-to-video, image-to-video and VACE pipelines.
+
+    Mixed in before the diffusers parent; a variant overrides :meth:`_check_variant_components`,
+    :meth:`_check_variant_inputs` and :meth:`_refine_inputs`.
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a Wan folder or Hub id as the FreeSwim pipeline of its variant (picked from ``model_index.json``).
+
+        ``FreeSwimPipeline.from_pretrained`` returns whichever variant the folder holds; a variant class loads
+        only its own kind. Raises ``ValueError`` for a Wan variant FreeSwim does not support.
+        """
+        config = DiffusionPipeline.load_config(
+            pretrained_model_name_or_path, **{key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        )
+        name = config.get("_class_name")
+        if name not in SUPPORTED_WAN:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} holds a {name}; FreeSwim supports {sorted(set(SUPPORTED_WAN))} "
+                "(Wan 2.1/2.2 text-to-video, image-to-video, TI2V-5B and VACE)"
+            )
+        target = globals()[SUPPORTED_WAN[name]]
+        if cls is not FreeSwimPipeline and target is not cls:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} holds a {name}, which loads as {target.__name__}, not "
+                f"{cls.__name__}; use FreeSwimPipeline.from_pretrained to pick the variant"
+            )
+        pipeline = DiffusionPipeline.from_pretrained.__func__(target, pretrained_model_name_or_path, **kwargs)
+        pipeline._check_variant_components()
+        return pipeline
+
+    def _transformers(self) -> dict[str, torch.nn.Module]:
+        return {name: getattr(self, name) for name in ("transformer", "transformer_2") if getattr(self, name, None)}
+
+    def _check_variant_components(self) -> None:
+        """Text-to-video: every transformer takes the VAE's latent channels (no image conditioning)."""
+        z_dim = self.vae.config.z_dim
+        for name, model in self._transformers().items():
+            if model.config.in_channels != z_dim or isinstance(model, WanVACETransformer3DModel):
+                raise ValueError(
+                    f"{name} ({type(model).__name__}, in_channels={model.config.in_channels}) is not a Wan "
+                    f"text-to-video transformer for a {z_dim}-channel VAE; load image-to-video and VACE folders with "
+                    "FreeSwimPipeline.from_pretrained, which picks their pipeline"
+                )
 
     @property
     def freeswim_states(self) -> dict[str, FreeSwimState]:
@@ -112,17 +208,42 @@ class FreeSwimPipeline(WanPipeline):
                 "window_size=None to derive it from the native size"
             )
         if refine_flow_shift is not None:
-            if "flow_shift" not in self.scheduler.config:
+            if self._flow_shift_name() is None:
                 raise ValueError(
-                    f"refine_flow_shift={refine_flow_shift} needs a scheduler with a flow_shift setting "
-                    f"(UniPCMultistepScheduler); this pipeline has {type(self.scheduler).__name__}"
+                    f"refine_flow_shift={refine_flow_shift} needs a scheduler with a flow shift setting "
+                    f"(UniPCMultistepScheduler's flow_shift, FlowMatchEulerDiscreteScheduler's shift); this pipeline "
+                    f"has {type(self.scheduler).__name__}: pass refine_flow_shift=None to keep its schedule"
                 )
-            if not refine_flow_shift > 0:
-                raise ValueError(f"refine_flow_shift={refine_flow_shift!r} must be positive (the original uses 9.0)")
+            if isinstance(refine_flow_shift, bool) or not isinstance(refine_flow_shift, (int, float)) or not (
+                refine_flow_shift > 0
+            ):
+                raise ValueError(
+                    f"refine_flow_shift={refine_flow_shift!r} must be positive (the release uses "
+                    f"RELEASE_FLOW_SHIFT = {RELEASE_FLOW_SHIFT})"
+                )
+
+    def _flow_shift_name(self) -> str | None:
+        """The scheduler config entry that holds the flow shift, if it has one."""
+        return next((name for name in ("flow_shift", "shift") if name in self.scheduler.config), None)
 
     def _pixels_per_token(self) -> int:
-        transformer = self.transformer if self.transformer is not None else self.transformer_2
-        return self.vae_scale_factor_spatial * transformer.config.patch_size[1]
+        return self.vae_scale_factor_spatial * self._patch_size()[1]
+
+    def _patch_size(self) -> tuple[int, int, int]:
+        return tuple(next(iter(self._transformers().values())).config.patch_size)
+
+    def _check_variant_inputs(self, prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
+                              callback_on_step_end_tensor_inputs, guidance_scale_2, conditions) -> None:
+        """The parent pipeline's own input checks, at the target size."""
+        self.check_inputs(
+            prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
+            callback_on_step_end_tensor_inputs, guidance_scale_2,
+        )
+
+    def _refine_inputs(self, conditions: dict, rows: int, height: int, width: int, num_frames: int, generator,
+                       dtype: torch.dtype) -> RefineInputs:
+        """Text-to-video adds nothing to the stage-2 transformer calls."""
+        return RefineInputs()
 
     @torch.no_grad()
     def __call__(
@@ -156,8 +277,9 @@ class FreeSwimPipeline(WanPipeline):
         attention_scale: float | str | None = "entropy",
         dual_path: bool = True,
         guide_uncond: bool = False,
-        refine_flow_shift: float | None = None,
+        refine_flow_shift: float | None = RELEASE_FLOW_SHIFT,
         native_num_inference_steps: int | None = None,
+        conditions: dict[str, Any] | None = None,
     ) -> FreeSwimPipelineOutput | tuple:
         r"""Generate at the native size, then refine at ``height`` x ``width`` with FreeSwim attention.
 
@@ -184,21 +306,27 @@ class FreeSwimPipeline(WanPipeline):
             dual_path: run the full branch and its cross-attention override; ``False`` gives plain inward-window
                 attention.
             guide_uncond: also run the dual path on the unconditional pass (the original's no-cache variant).
-            refine_flow_shift: flow shift of stage 2's scheduler (the original uses 9.0); default: unchanged.
+            refine_flow_shift: flow shift of stage 2's scheduler; default ``RELEASE_FLOW_SHIFT`` (9.0, the released
+                code's), ``None`` keeps the pipeline scheduler's own (3.0 in Wan 2.1 480p checkpoints).
             native_num_inference_steps: stage-1 steps (default ``num_inference_steps``).
+            conditions: the variant's own inputs, set by the image-to-video and VACE subclasses' ``__call__``
+                (``image``, ``video``, ``mask`` ...); text-to-video takes none.
 
         Returns:
             :class:`FreeSwimPipelineOutput`, or ``(frames, native_frames)`` with ``return_dict=False``.
         """
+        check_call(self, locals())  # every argument, before any model runs
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         self.check_freeswim_inputs(
             height, width, num_frames, native_height, native_width, window_size, strength, refine_flow_shift,
             video, latents,
         )
-        self.check_inputs(
+        conditions = dict(conditions or {})
+        self._check_variant_components()
+        self._check_variant_inputs(
             prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
-            callback_on_step_end_tensor_inputs, guidance_scale_2,
+            callback_on_step_end_tensor_inputs, guidance_scale_2, conditions,
         )
         config = FreeSwimConfig.from_native_size(
             native_height,
@@ -230,8 +358,8 @@ class FreeSwimPipeline(WanPipeline):
         native_video = None
         if video is None:
             # stage 1: the stock pipeline; (batch, frames, 3, h, w) in [0, 1] -> (batch, 3, frames, h, w) in [-1, 1]
-            frames = WanPipeline.__call__(
-                self,
+            frames = super().__call__(  # the diffusers parent, with the variant's own inputs
+                **conditions,
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_prompt_embeds,
                 height=native_height,
@@ -253,6 +381,8 @@ class FreeSwimPipeline(WanPipeline):
         self._guidance_scale, self._guidance_scale_2 = guidance_scale, guidance_scale_2
         self._attention_kwargs = attention_kwargs
         self._interrupt = False
+        dtype = next(iter(self._transformers().values())).dtype
+        inputs = self._refine_inputs(conditions, prompt_embeds.shape[0], height, width, num_frames, generator, dtype)
         latents = self._refine(
             upscale_video(video, height, width).to(device),
             prompt_embeds,
@@ -265,8 +395,13 @@ class FreeSwimPipeline(WanPipeline):
             attention_kwargs,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
+            inputs,
         )
-        frames = latents if output_type == "latent" else self._decode(latents, output_type)
+        if output_type == "latent":
+            frames = latents  # VACE's reference frames included, as WanVACEPipeline returns its latents
+        else:
+            prefix = 0 if inputs.prefix is None else inputs.prefix.shape[2]
+            frames = self._decode(latents[:, :, prefix:], output_type)
         native_frames = None
         if native_video is not None:
             native_type = "pt" if output_type == "latent" else output_type
@@ -278,6 +413,7 @@ class FreeSwimPipeline(WanPipeline):
 
     def _user_video(self, video: VideoInput, batch_size: int) -> torch.Tensor:
         """(batch, 3, frames, h, w) in [-1, 1] from user frames; one video is repeated for every prompt row."""
+        video = video_frames("video", video, pixel_multiple(self))  # any mode or depth as 8-bit RGB
         tensor = self.video_processor.preprocess_video(video).to(dtype=torch.float32)
         count = tensor.shape[2]
         if (count - 1) % self.vae_scale_factor_temporal:
@@ -322,10 +458,11 @@ class FreeSwimPipeline(WanPipeline):
         attention_kwargs: dict[str, Any] | None,
         callback_on_step_end,
         callback_on_step_end_tensor_inputs: list[str],
+        inputs: RefineInputs,
     ) -> torch.Tensor:
         """Stage 2: re-noise the upscaled video to ``strength`` and denoise it with FreeSwim attention."""
         device = self._execution_device
-        shift = {} if refine_flow_shift is None else {"flow_shift": refine_flow_shift}
+        shift = {} if refine_flow_shift is None else {self._flow_shift_name(): refine_flow_shift}
         scheduler = type(self.scheduler).from_config(self.scheduler.config, **shift)  # never the registered one
         scheduler.set_timesteps(num_inference_steps, device=device)
         kept = min(int(num_inference_steps * strength), num_inference_steps)
@@ -340,6 +477,8 @@ class FreeSwimPipeline(WanPipeline):
         self._num_timesteps = len(timesteps)
 
         clean = self._encode(video)
+        if inputs.prefix is not None:  # (batch, z, r + frames, h, w): reference frames first, as VACE lays them out
+            clean = torch.cat([inputs.prefix.to(clean), clean], dim=2)
         noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=torch.float32)
         start = timesteps[:1].repeat(clean.shape[0])
         if hasattr(scheduler, "add_noise"):
@@ -347,7 +486,7 @@ class FreeSwimPipeline(WanPipeline):
         else:
             latents = scheduler.scale_noise(clean, start, noise)
 
-        models = {name: getattr(self, name) for name in ("transformer", "transformer_2") if getattr(self, name)}
+        models = self._transformers()
         self._freeswim_states = {name: FreeSwimState(config) for name in models}
         boundary = None
         if self.config.boundary_ratio is not None:
@@ -375,7 +514,7 @@ class FreeSwimPipeline(WanPipeline):
                     predictions = {
                         branch: self._freeswim_pass(
                             models[name], self._freeswim_states[name], step, branch, latents, t, embeds,
-                            attention_kwargs,
+                            attention_kwargs, inputs,
                         )
                         for branch, embeds in passes.items()
                     }
@@ -397,6 +536,8 @@ class FreeSwimPipeline(WanPipeline):
                         negative_prompt_embeds = outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
                     progress_bar.update()
         self._current_timestep = None
+        if inputs.first_frame is not None:
+            latents = (1 - inputs.first_frame_mask) * inputs.first_frame + inputs.first_frame_mask * latents
         return latents
 
     def _freeswim_pass(
@@ -409,34 +550,238 @@ class FreeSwimPipeline(WanPipeline):
         t: torch.Tensor,
         embeds: torch.Tensor,
         attention_kwargs: dict[str, Any] | None,
+        inputs: RefineInputs,
     ) -> torch.Tensor:
-        """One transformer pass of ``branch``; dual passes stack window and full rows (same latents)."""
+        """One transformer pass of ``branch``; dual passes stack window and full rows (same inputs)."""
         rows = latents.shape[0]
+        hidden, timestep = self._model_input(model, latents, t, inputs)
+        batched = inputs.batched
         if state.begin_pass(step, branch) == DUAL:
-            latents, embeds = torch.cat([latents, latents]), torch.cat([embeds, embeds])
-        if self.config.expand_timesteps:  # Wan 2.2 TI2V: one timestep per token
-            patch = model.config.patch_size
-            tokens = latents[0, 0, :: patch[0], :: patch[1], :: patch[2]].numel()
-            timestep = t.expand(latents.shape[0], tokens)
-        else:
-            timestep = t.expand(latents.shape[0])
+            hidden, timestep, embeds = (torch.cat([x, x]) for x in (hidden, timestep, embeds))
+            batched = {name: torch.cat([x, x]) for name, x in batched.items()}
         with model.cache_context(branch, step_index=step):
             prediction = model(
-                hidden_states=latents.to(model.dtype),
+                hidden_states=hidden.to(model.dtype),
                 timestep=timestep,
                 encoder_hidden_states=embeds,
                 attention_kwargs=attention_kwargs,
                 return_dict=False,
+                **batched,
+                **inputs.shared,
             )[0]
         return prediction[:rows]  # the window branch; the full branch's own prediction is discarded
 
+    def _model_input(
+        self, model: torch.nn.Module, latents: torch.Tensor, t: torch.Tensor, inputs: RefineInputs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer's ``hidden_states`` and ``timestep`` for ``latents`` at ``t``, as the parent builds them.
 
-def upscale_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear resize of every frame of (batch, channels, frames, h, w) to ``height`` x ``width`` (FreeSwim stage 2)."""
+        I2V joins its condition channels; TI2V-5B (``expand_timesteps``) puts the clean first frame in place and
+        gives one timestep per token, 0 on that frame.
+        """
+        rows = latents.shape[0]
+        if inputs.channels is not None:
+            return torch.cat([latents, inputs.channels.to(latents)], dim=1), t.expand(rows)
+        if not self.config.get("expand_timesteps", False):
+            return latents, t.expand(rows)
+        mask = inputs.first_frame_mask
+        if mask is None:
+            mask = torch.ones_like(latents[:1, :1])
+        else:
+            latents = (1 - mask) * inputs.first_frame + mask * latents
+        patch = model.config.patch_size
+        per_token = (mask[0, 0, :: patch[0], :: patch[1], :: patch[2]] * t).flatten()  # (tokens,)
+        return latents, per_token.expand(rows, -1)
+
+
+class FreeSwimPipeline(FreeSwimStages, WanPipeline):
+    """Text-to-video above Wan's native resolution (and video upscaling) with FreeSwim attention.
+
+    ``FreeSwimPipeline.from_pretrained`` also loads image-to-video and VACE folders, as
+    :class:`FreeSwimImageToVideoPipeline` and :class:`FreeSwimVACEPipeline`.
+    """
+
+
+class FreeSwimImageToVideoPipeline(FreeSwimStages, WanImageToVideoPipeline):
+    """Image-to-video above Wan's native resolution with FreeSwim attention; the image conditioning is kept.
+
+    Stage 1 is the stock ``WanImageToVideoPipeline`` at the native size; stage 2 rebuilds the condition at the
+    target size: Wan 2.1 and 2.2 A14B join 4 mask + z condition channels (the image VAE-encoded as the first of
+    ``num_frames``, at the target size), Wan 2.1 adds its CLIP image context to every cross-attention, TI2V-5B
+    (``expand_timesteps``) keeps the clean image latent as the first frame.
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PIL.Image.Image | torch.Tensor,
+        prompt: str | list[str] = None,
+        negative_prompt: str | list[str] = None,
+        *,
+        last_image: PIL.Image.Image | torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> FreeSwimPipelineOutput | tuple:
+        """``image``, ``last_image`` and ``image_embeds`` as ``WanImageToVideoPipeline`` takes them; every other
+        argument as :meth:`FreeSwimPipeline.__call__` (``max_sequence_length`` stays 512 on Wan 2.1, whose
+        cross-attention finds the image tokens by that length)."""
+        length = kwargs.get("max_sequence_length", 512)
+        embeds = kwargs.get("prompt_embeds")
+        if self.transformer is not None and self.transformer.config.image_dim is not None and (
+            length != TEXT_TOKENS or (embeds is not None and embeds.shape[1] != TEXT_TOKENS)
+        ):
+            got = length if embeds is None else tuple(embeds.shape)
+            raise ValueError(
+                f"max_sequence_length={got} (or prompt_embeds of that length): Wan 2.1 image-to-video needs "
+                f"{TEXT_TOKENS} text tokens, its cross-attention takes the tokens before the last {TEXT_TOKENS} as image context"
+            )
+        conditions = dict(image=image, last_image=last_image, image_embeds=image_embeds)
+        return FreeSwimStages.__call__(self, prompt, negative_prompt, conditions=conditions, **kwargs)
+
+    def _check_variant_components(self) -> None:
+        """36-channel (2.1, 2.2 A14B) or z-channel first-frame (TI2V-5B) transformers; CLIP when ``image_dim``."""
+        z_dim = self.vae.config.z_dim
+        expected = z_dim if self.config.expand_timesteps else 2 * z_dim + self.vae_scale_factor_temporal
+        for name, model in self._transformers().items():
+            if model.config.in_channels != expected or isinstance(model, WanVACETransformer3DModel):
+                raise ValueError(
+                    f"{name} ({type(model).__name__}, in_channels={model.config.in_channels}) is not a Wan "
+                    f"image-to-video transformer: expected in_channels={expected} for a {z_dim}-channel VAE "
+                    f"(expand_timesteps={self.config.expand_timesteps})"
+                )
+        if self.transformer is not None and self.transformer.config.image_dim is not None and (
+            self.image_encoder is None or self.image_processor is None
+        ):
+            raise ValueError(
+                "transformer has image_dim set (Wan 2.1 I2V) but the pipeline has no image_encoder/image_processor "
+                "to compute its CLIP image context"
+            )
+
+    def _check_variant_inputs(self, prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
+                              callback_on_step_end_tensor_inputs, guidance_scale_2, conditions) -> None:
+        self.check_inputs(
+            prompt, negative_prompt, conditions["image"], height, width, prompt_embeds, negative_prompt_embeds,
+            conditions["image_embeds"], callback_on_step_end_tensor_inputs, guidance_scale_2,
+        )
+
+    def _refine_inputs(self, conditions: dict, rows: int, height: int, width: int, num_frames: int, generator,
+                       dtype: torch.dtype) -> RefineInputs:
+        """The parent's ``prepare_latents`` condition at the target size (its noise is not drawn), and the image
+        context of Wan 2.1."""
+        device = self._execution_device
+        image, last_image = conditions["image"], conditions["last_image"]
+        pixels = self.video_processor.preprocess(image, height=height, width=width).to(device, dtype=torch.float32)
+        if last_image is not None:
+            last_image = self.video_processor.preprocess(last_image, height=height, width=width).to(
+                device, dtype=torch.float32
+            )
+        z_dim, spatial = self.vae.config.z_dim, self.vae_scale_factor_spatial
+        frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        placeholder = torch.zeros(rows, z_dim, frames, height // spatial, width // spatial, device=device)
+        prepared = self.prepare_latents(
+            pixels, rows, z_dim, height, width, num_frames, torch.float32, device, generator, placeholder, last_image
+        )
+        inputs = RefineInputs()
+        if self.config.expand_timesteps:
+            inputs.first_frame, inputs.first_frame_mask = prepared[1], prepared[2]
+        else:
+            inputs.channels = prepared[1]
+        if self.transformer is not None and self.transformer.config.image_dim is not None:
+            embeds = conditions["image_embeds"]
+            if embeds is None:
+                embeds = self.encode_image(image if last_image is None else [image, conditions["last_image"]], device)
+            inputs.batched["encoder_hidden_states_image"] = embeds.repeat(rows, 1, 1).to(dtype)
+        return inputs
+
+
+class FreeSwimVACEPipeline(FreeSwimStages, WanVACEPipeline):
+    """VACE (control video, mask, reference images) above Wan's native resolution with FreeSwim attention.
+
+    Stage 1 is the stock ``WanVACEPipeline`` at the native size; stage 2 encodes the control video and mask
+    resized to the target size (bilinear, nearest for the mask) and the reference images on target-size canvases,
+    as the parent does, and denoises the reference frames with the video (their clean latents in front).
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] = None,
+        negative_prompt: str | list[str] = None,
+        video: list[PIL.Image.Image] | None = None,
+        mask: list[PIL.Image.Image] | None = None,
+        reference_images: PIL.Image.Image | list[PIL.Image.Image] | None = None,
+        conditioning_scale: float | list[float] | torch.Tensor = 1.0,
+        **kwargs,
+    ) -> FreeSwimPipelineOutput | tuple:
+        """``video`` (the control video), ``mask``, ``reference_images`` and ``conditioning_scale`` as
+        ``WanVACEPipeline`` takes them; every other argument as :meth:`FreeSwimPipeline.__call__`. With
+        ``output_type="latent"`` the latents keep the reference frames in front, as the parent's do."""
+        conditions = dict(
+            video=video, mask=mask, reference_images=reference_images, conditioning_scale=conditioning_scale
+        )
+        return FreeSwimStages.__call__(self, prompt, negative_prompt, conditions=conditions, **kwargs)
+
+    def _check_variant_components(self) -> None:
+        for name, model in self._transformers().items():
+            if not isinstance(model, WanVACETransformer3DModel):
+                raise ValueError(f"{name} is a {type(model).__name__}; a VACE pipeline needs WanVACETransformer3DModel")
+
+    def _check_variant_inputs(self, prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
+                              callback_on_step_end_tensor_inputs, guidance_scale_2, conditions) -> None:
+        self.check_inputs(
+            prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
+            callback_on_step_end_tensor_inputs, conditions["video"], conditions["mask"],
+            conditions["reference_images"], guidance_scale_2,
+        )
+        self._conditioning_scale(conditions["conditioning_scale"], torch.float32)
+
+    def _conditioning_scale(self, scale: float | list[float] | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """One scale per VACE layer, (layers,), as the parent expands it."""
+        layers = len(next(iter(self._transformers().values())).config.vace_layers)
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            scale = [float(scale)] * layers
+        scale = torch.as_tensor(scale, dtype=dtype, device=self._execution_device)
+        if scale.shape != (layers,):
+            raise ValueError(
+                f"conditioning_scale={scale.tolist()} must be a number or one number per VACE layer ({layers})"
+            )
+        return scale
+
+    def _refine_inputs(self, conditions: dict, rows: int, height: int, width: int, num_frames: int, generator,
+                       dtype: torch.dtype) -> RefineInputs:
+        """Control latents (inactive | reactive | 8 x 8 mask channels) at the target size, one row per video."""
+        device = self._execution_device
+        video, mask, _ = self.preprocess_conditions(
+            conditions["video"], conditions["mask"], None, 1, height, width, num_frames, torch.float32, device
+        )
+        if tuple(video.shape[-2:]) != (height, width):  # the parent keeps a smaller control video's own size
+            video = upscale_video(video, height, width)
+            mask = upscale_video(mask, height, width, mode="nearest-exact")
+        _, _, references = self.preprocess_conditions(
+            None, None, conditions["reference_images"], 1, height, width, num_frames, torch.float32, device
+        )
+        control = torch.cat(
+            [
+                self.prepare_video_latents(video, mask, references, generator, device),
+                self.prepare_masks(mask, references, generator),
+            ],
+            dim=1,
+        )  # (1, 2 z + 64, r + frames, h, w)
+        z_dim, count = self.vae.config.z_dim, len(references[0])
+        return RefineInputs(
+            batched={"control_hidden_states": control.to(dtype).expand(rows, *control.shape[1:])},
+            shared={"control_hidden_states_scale": self._conditioning_scale(conditions["conditioning_scale"], dtype)},
+            prefix=control[:, :z_dim, :count].float().expand(rows, -1, -1, -1, -1) if count else None,
+        )
+
+
+def upscale_video(video: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize every frame of (batch, channels, frames, h, w) to ``height`` x ``width`` (bilinear: FreeSwim stage 2)."""
     batch, channels, frames = video.shape[:3]
     if tuple(video.shape[-2:]) == (height, width):
         return video
     # (batch, channels, frames, h, w) -> (batch * frames, channels, h, w) and back
     flat = video.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, *video.shape[-2:])
-    resized = F.interpolate(flat.float(), size=(height, width), mode="bilinear", align_corners=False)
+    corners = {"align_corners": False} if mode == "bilinear" else {}
+    resized = F.interpolate(flat.float(), size=(height, width), mode=mode, **corners)
     return resized.reshape(batch, frames, channels, height, width).permute(0, 2, 1, 3, 4)

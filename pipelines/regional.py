@@ -2,34 +2,35 @@
 
 The text-only use of PrimeComposer's RCA (spec Sec. 6): each listed phrase's tokens may only be attended to from the
 token-grid cells inside its box, in every cross-attention layer and at every step, on the conditional half of the
-guidance batch. A subclass of diffusers' ``StableDiffusionPipeline`` whose ``__call__`` keeps every parent argument
-and adds ``regions``; processors are swapped only for the duration of the call.
+guidance batch. ``RegionalDiffusionPipeline.from_pretrained(path)`` returns the variant of the folder's family (a
+subclass of its diffusers pipeline) whose ``__call__`` keeps every parent argument and adds ``regions``; processors
+are swapped only for the duration of the call (:mod:`attnctl.pipelines.base`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import StableDiffusionPipeline
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.image_processor import PipelineImageInput
+from diffusers import (
+    FluxPipeline,
+    PixArtSigmaPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.utils import BaseOutput
 
-from attnctl.composer import (
-    RegionConstrainedCrossAttention,
-    TokenRegion,
-    all_rows,
-    box_cells,
-    check_token_indices,
-    conditional_half,
-    words_token_indices,
-)
-from attnctl.core import AttentionCall, AttentionController
+from attnctl.composer import box_cells
+from attnctl.core import AttentionCall
+from attnctl.layout import LayoutSettings, layout_controls, layout_guidance
+
+from .base import MethodRun
+from .guided import GuidedMethodMixin
 
 Box = Sequence[float]
 RegionInput = tuple[str | Sequence[int], Box]
@@ -37,13 +38,13 @@ RegionInput = tuple[str | Sequence[int], Box]
 
 @dataclass
 class RegionalDiffusionPipelineOutput(BaseOutput):
-    """Images as ``StableDiffusionPipelineOutput`` gives them, plus the regions used.
+    """Images as the family's pipeline gives them, plus the regions used.
 
     Args:
         images: the generated images (list of PIL images, numpy array or tensor, per ``output_type``).
-        nsfw_content_detected: per-image flags from the safety checker, or ``None``.
+        nsfw_content_detected: per-image flags from the safety checker (SD 1.x/2.x), else ``None``.
         region_masks: per region, its box at the output's pixel size (``L`` image), for display.
-        region_tokens: per region, the token positions (start token = 0) that were confined.
+        region_tokens: per region, the token positions in the text keys that were confined.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -61,91 +62,126 @@ def check_region_box(box: Box, index: int) -> tuple[float, float, float, float]:
     return values
 
 
-class RegionalDiffusionPipeline(StableDiffusionPipeline):
-    """Text-to-image where each listed phrase is confined to a box; loads any SD 1.x/2.x checkpoint."""
+def conditional_rows(call: AttentionCall) -> slice:
+    """The rows the pipeline declared conditional (the unconditional half of a guidance batch stays stock;
+    so does Flux's separate true-CFG ``"uncond"`` pass)."""
+    return call.rows.get("cond", slice(0, 0))
 
-    def region_tokens(self, prompt: str | None, regions: Sequence[RegionInput]) -> list[list[int]]:
-        """Token positions of each region's phrase in ``prompt`` (or its explicit positions)."""
+
+class RegionalMethod(GuidedMethodMixin):
+    """Region-constrained cross-attention, whatever the family; the variants below pick the parent pipeline."""
+
+    def region_tokens(self, prompt: str | list[str] | None, regions: Sequence[RegionInput],
+                      call: Mapping[str, Any] | None = None) -> list[list[int]]:
+        """Text-key positions of each region's phrase in ``prompt`` (or its explicit positions): CLIP's start
+        token is position 0, a T5 prompt's first word is; SD3 has both (77 CLIP rows, then T5). With several
+        prompts the phrase must sit at the same positions in each. ``call``: the pipeline call's arguments
+        (T5 families: its ``max_sequence_length``)."""
+        text, call = self.family_text, call or self.default_call()
+        prompts = [prompt] if isinstance(prompt, str) else prompt
         tokens = []
         for index, (phrase, _) in enumerate(regions):
             name = f"regions[{index}]"
             if isinstance(phrase, str):
-                if not isinstance(prompt, str):
-                    raise ValueError(f"{name} names a phrase, which needs one prompt string; with prompt_embeds or "
-                                     "several prompts give token positions instead")
-                tokens.append(words_token_indices(self.tokenizer, prompt, phrase, name))
+                if not prompts:
+                    raise ValueError(f"{name} names a phrase, which needs the prompt text; with prompt_embeds give "
+                                     "token positions instead")
+                found = [text.word_positions(self, p, phrase, name, call) for p in prompts]
+                if any(positions != found[0] for positions in found):
+                    raise ValueError(f"{name}: {phrase!r} sits at different token positions in the prompts {found}; "
+                                     "one box per call confines the same positions in every prompt")
+                tokens.append(found[0])
             else:
-                tokens.append(check_token_indices(phrase, self.tokenizer.model_max_length, name))
+                tokens.append(text.check_positions(phrase, name, self, call))
         return tokens
 
-    def _rows(self, call: AttentionCall) -> slice:
-        return conditional_half(call) if self.do_classifier_free_guidance else all_rows(call)
+    def region_encodings(self, settings: LayoutSettings, regions: Sequence[RegionInput],
+                         call: Mapping[str, Any]) -> torch.Tensor:
+        """(regions, tokens, dim): each region prompt (default: its phrase) encoded alone, as the attention
+        layers receive a prompt's states."""
+        texts = settings.region_prompts or [phrase for phrase, _ in regions]
+        if not all(isinstance(text, str) for text in texts):
+            raise ValueError("layout_mode='prompts' needs a prompt per region: give region_prompts when regions "
+                             "name token positions")
+        return self.family_text.encode(self, list(texts), call)
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str] = None,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        timesteps: list[int] = None,
-        sigmas: list[float] = None,
-        guidance_scale: float = 7.5,
-        negative_prompt: str | list[str] | None = None,
-        num_images_per_prompt: int | None = 1,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        ip_adapter_image: PipelineImageInput | None = None,
-        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
-        output_type: str | None = "pil",
-        return_dict: bool = True,
-        cross_attention_kwargs: dict[str, Any] | None = None,
-        guidance_rescale: float = 0.0,
-        clip_skip: int | None = None,
-        callback_on_step_end: Callable[[int, int], None] | PipelineCallback | MultiPipelineCallbacks | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (the parent's default)
-        regions: Sequence[RegionInput] | None = None,
-        **kwargs,
-    ) -> RegionalDiffusionPipelineOutput | tuple:
-        r"""Generate images; every argument of ``StableDiffusionPipeline.__call__`` works as there.
+    def prepare(
+        self, call: Mapping[str, Any], *, regions: Sequence[RegionInput] | None = None, layout_mode: str = "forbid",
+        layout_strength: float = 1.0, layout_until: float = 1.0, mask_special: str = "off",
+        region_prompts: Sequence[str] | None = None, base_prompt: str | None = None, base_ratio: float = 0.2,
+        region_weights: Sequence[float] | None = None,
+    ) -> MethodRun:
+        r"""Regional layout's arguments (``docs/layout.md``).
 
         Args:
             regions: ``[(phrase, (x0, y0, x1, y1)), ...]`` with the box normalised to ``[0, 1]`` (origin top-left);
-                the phrase must occur in ``prompt``, or be given as token positions (start token = 0). ``None`` or
-                an empty list: stock Stable Diffusion.
+                the phrase must occur in ``prompt``, or be given as token positions in the text keys (CLIP's
+                start token = 0; T5 families have none, their first word is 0). ``None`` or an empty list: the
+                family's stock pipeline.
+            layout_mode: ``"forbid"`` (a phrase's tokens masked outside its box), ``"bias"`` (eDiff-I's
+                paint-with-words bias), ``"prompts"`` (regional prompts) or ``"guidance"`` (Chen et al.'s
+                backward guidance of the latents; SD 1.x/2.x and SDXL).
+            layout_strength, layout_until: ``bias`` mode, eDiff-I's w and the fraction of steps biased;
+                ``guidance`` mode, the step size eta and the fraction of steps with a latent update.
+            mask_special: drop the end-of-text and padding keys, ``"off"``, ``"boxes"`` or ``"all"``.
+            region_prompts, base_prompt, base_ratio, region_weights: ``prompts`` mode, one prompt per region
+                (default: its phrase), the prompt for the whole image (default: ``prompt``), the base prompt's
+                share inside the boxes and one weight per region.
 
-        Returns:
-            :class:`RegionalDiffusionPipelineOutput`, or the parent's ``(images, nsfw)`` tuple when
-            ``return_dict=False``.
+        Returns :class:`RegionalDiffusionPipelineOutput`, or the parent's tuple when ``return_dict=False``.
         """
         regions = list(regions or [])
         boxes = [check_region_box(box, index) for index, (_, box) in enumerate(regions)]
-        tokens = self.region_tokens(prompt, regions)
-        call_args = dict(
-            prompt=prompt, height=height, width=width, num_inference_steps=num_inference_steps,
-            timesteps=timesteps, sigmas=sigmas, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images_per_prompt, eta=eta, generator=generator, latents=latents,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
-            output_type=output_type, return_dict=True, cross_attention_kwargs=cross_attention_kwargs,
-            guidance_rescale=guidance_rescale, clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **kwargs,
-        )
-        if regions:
-            control = RegionConstrainedCrossAttention(
-                [TokenRegion(tuple(t), lambda grid, box=box: box_cells(box, grid)) for t, box in zip(tokens, boxes)],
-                self._rows)
-            with AttentionController([control]).installed(self.unet):
-                output = super().__call__(**call_args)
-        else:
-            output = super().__call__(**call_args)
-        if not return_dict:
-            return output.images, output.nsfw_content_detected
-        size = (height or self.unet.config.sample_size * self.vae_scale_factor,
-                width or self.unet.config.sample_size * self.vae_scale_factor)
-        masks = [PIL.Image.fromarray(box_cells(box, size).numpy().astype(np.uint8) * 255) for box in boxes]
-        return RegionalDiffusionPipelineOutput(images=output.images, nsfw_content_detected=output.nsfw_content_detected,
-                                               region_masks=masks, region_tokens=tokens)
+        settings = LayoutSettings(layout_mode, layout_strength, layout_until, mask_special, base_ratio,
+                                  region_weights, region_prompts, base_prompt)
+        settings.check(len(regions))
+        prompts_mode = layout_mode == "prompts"
+        tokens = [[] for _ in regions] if prompts_mode else self.region_tokens(call["prompt"], regions, call)
+        encodings = self.region_encodings(settings, regions, call) if prompts_mode and regions else None
+        controls = layout_controls(self, settings, call, boxes, tokens, conditional_rows, encodings)
+        guidance = layout_guidance(self, settings, call, boxes, tokens)
+
+        def finish(output) -> RegionalDiffusionPipelineOutput:
+            size = self.image_size(call)
+            masks = [PIL.Image.fromarray(box_cells(box, size).numpy().astype(np.uint8) * 255) for box in boxes]
+            return RegionalDiffusionPipelineOutput(
+                images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
+                region_masks=masks, region_tokens=tokens)
+
+        arguments = {"prompt": base_prompt} if prompts_mode and base_prompt is not None else {}
+        if guidance is not None:  # the latents move by gradient (attnctl.guidance, as Attend-and-Excite)
+            return self.guided_run(call, *guidance, None, True, False, lambda output, _maps, _log: finish(output))
+        return MethodRun(controls, finish, arguments=arguments)
+
+
+class RegionalDiffusionPipeline(RegionalMethod, StableDiffusionPipeline):
+    """Each listed phrase confined to a box on SD 1.x/2.x; ``from_pretrained`` returns any supported family's
+    variant."""
+
+    family = "sd"
+
+
+class RegionalDiffusionXLPipeline(RegionalMethod, StableDiffusionXLPipeline):
+    """Each listed phrase confined to a box on SDXL."""
+
+    family = "sdxl"
+
+
+class RegionalPixArtSigmaPipeline(RegionalMethod, PixArtSigmaPipeline):
+    """Each listed phrase confined to a box on PixArt-Sigma (T5 positions: the first word is position 0)."""
+
+    family = "pixart"
+
+
+class RegionalStableDiffusion3Pipeline(RegionalMethod, StableDiffusion3Pipeline):
+    """Each listed phrase confined to a box on SD3/3.5: joint attention, image queries x the phrase's CLIP and
+    T5 keys; text queries are never constrained."""
+
+    family = "sd3"
+
+
+class RegionalFluxPipeline(RegionalMethod, FluxPipeline):
+    """Each listed phrase confined to a box on Flux: joint attention (double and single stream), image queries x
+    the phrase's T5 keys; text queries are never constrained."""
+
+    family = "flux"

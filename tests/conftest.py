@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny offline SD and Wan pipelines, saved once per session, and the slow marker."""
+"""Shared fixtures: the tiny offline pipelines of every family (SD, SDXL, SD3, SD3.5, Flux, PixArt, Wan), saved once per session, and the slow marker."""
 
 from __future__ import annotations
 
@@ -35,3 +35,39 @@ def tiny_wan_path(tmp_path_factory):
     from attnctl.models.tiny_wan import save_tiny_wan_pipeline
 
     return save_tiny_wan_pipeline(tmp_path_factory.mktemp("tiny-wan"))
+
+
+def _tiny_family(tmp_path_factory, family: str):
+    from attnctl.models.tiny_families import save_tiny_family_pipeline
+
+    return save_tiny_family_pipeline(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_path(tmp_path_factory):
+    """A tiny stock ``StableDiffusionXLPipeline`` folder (two CLIP encoders, text-time embedding)."""
+    return _tiny_family(tmp_path_factory, "sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_path(tmp_path_factory):
+    """A tiny stock SD3.0 ``StableDiffusion3Pipeline`` folder (joint attention, no q/k norm)."""
+    return _tiny_family(tmp_path_factory, "sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd35_path(tmp_path_factory):
+    """A tiny stock SD3.5 ``StableDiffusion3Pipeline`` folder (a dual-attention block, RMS q/k norms)."""
+    return _tiny_family(tmp_path_factory, "sd35")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_path(tmp_path_factory):
+    """A tiny stock Flux-dev ``FluxPipeline`` folder (double- and single-stream blocks, guidance embeds)."""
+    return _tiny_family(tmp_path_factory, "flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart_path(tmp_path_factory):
+    """A tiny stock ``PixArtSigmaPipeline`` folder (T5 cross-attention with a padding mask)."""
+    return _tiny_family(tmp_path_factory, "pixart")

@@ -10,23 +10,24 @@ import time
 from functools import partial
 
 import gradio as gr
-from attnctl.pipelines.composer import PrimeComposerPipeline
 from PIL import Image
 
 from attnctl.composer.config import DOMAINS, ComposerConfig
+from attnctl.methods.compose import SPEC as COMPOSE
 
 from ..examples import composer_files
 from ..models import MODEL_QUEUE, ModelCache
 from ..progress import step_progress
 from ..regions import drawn_mask, editor_background, typed_box
 from ..validation import (
+    capped,
     required_text,
     seeded_generator,
+    spec_values,
     user_error,
     user_errors,
-    whole_number,
 )
-from ..widgets import result_image
+from ..widgets import result_image, seed_box, steps_slider
 
 MASK_CAPTIONS = {  # the pipeline's mask name -> caption
     "target": "target box",
@@ -35,6 +36,9 @@ MASK_CAPTIONS = {  # the pipeline's mask name -> caption
     "reference": "canvas",
 }
 DEFAULTS = ComposerConfig()
+#: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
+CONTROLS = {"steps": "Steps", "guidance": "Guidance", "domain": "Domain", "tau_a": "tau_a", "tau_b": "tau_b",
+            "tau_c": "tau_c", "faithful": "Faithful to the released code"}
 
 
 def compose(
@@ -59,11 +63,14 @@ def compose(
     """The composite, its masks (gallery of (image, caption)) and the run details."""
     prompt = required_text(prompt, "Prompt")
     words = required_text(subject_words, "Subject words")
-    taus = {"tau_a": float(tau_a), "tau_b": float(tau_b), "tau_c": float(tau_c)}  # sliders bound them
-    steps = whole_number(steps, "Steps", DEFAULTS.solver_order, 200)
-    guidance = float(guidance)  # the slider bounds it (Gradio checks API calls too)
+    values = spec_values(COMPOSE, CONTROLS, {"steps": steps, "guidance": guidance, "domain": domain,
+                                             "tau_a": tau_a, "tau_b": tau_b, "tau_c": tau_c, "faithful": faithful})
+    taus = {name: values[name] for name in ("tau_a", "tau_b", "tau_c")}
+    steps = capped(values["steps"], models.limits.max_steps, "Steps", "--max-steps")
+    guidance, domain, faithful = values["guidance"], values["domain"], values["faithful"]
     seeded_generator(seed)  # check the seed before loading anything
     background_image = editor_background(background, "Background")
+    models.limits.check_pixels(*background_image.size, "Background")
     subject_image = editor_background(subject, "Subject")
     subject_mask = uploaded_mask if uploaded_mask is not None else drawn_mask(subject, "Subject")
     if subject_mask is None:
@@ -76,7 +83,7 @@ def compose(
         raise user_error(
             "Target is missing: type a box x0, y0, x1, y1, or paint the region on the Background."
         )
-    pipe = models.get(model, PrimeComposerPipeline)
+    pipe = models.get(model, COMPOSE)
     token = pipe.resolve_inversion_token(DEFAULTS.inversion_token_id)  # "auto": shown in the run details
     started = time.perf_counter()
     with user_errors():
@@ -89,21 +96,21 @@ def compose(
             target_mask=target_mask,
             subject_words=words,
             domain=domain,
-            faithful=bool(faithful),
+            faithful=faithful,
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=seeded_generator(seed),
             inversion_token_id=token,
-            callback_on_step_end=step_progress(progress, "composing", 0, steps),
+            callback_on_step_end=step_progress(progress, "composing", 0, steps, models.limits.deadline()),
             **taus,
         )
     details = {
-        "model": models.resolve(model),
+        "model": models.describe(model, COMPOSE),
         "seed": int(seed),
         "steps": steps,
         "guidance_scale": guidance,
         "domain": domain,
-        "faithful": bool(faithful),
+        "faithful": faithful,
         **taus,
         "subject_words": words,
         "target": "typed box" if box is not None else "painted region",
@@ -152,7 +159,7 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                 uploaded_mask = gr.Image(
                     label="Subject mask (optional upload)",
                     type="pil",
-                    image_mode="L",
+                    image_mode=None,  # as uploaded: a 16-bit mask is scaled by the pipeline, not clipped here
                     sources=("upload", "clipboard"),
                     height=160,
                 )
@@ -179,8 +186,8 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                 info="same: photo into photo. cross: e.g. photo into painting.",
             )
             faithful = gr.Checkbox(value=DEFAULTS.faithful, label="Faithful to the released code")
-            seed = gr.Number(label="Seed", value=0, precision=0)
-            steps = gr.Slider(DEFAULTS.solver_order, 100, value=20, step=1, label="Steps")
+            seed = seed_box()
+            steps = steps_slider(models.limits, 20, low=DEFAULTS.solver_order)
             guidance = gr.Slider(0, 20, value=2.5, step=0.5, label="Guidance")
         with gr.Row():
             tau_a = gr.Slider(0, 1, value=DEFAULTS.tau_a, step=0.05, label="tau_a: attention injection")

@@ -16,15 +16,28 @@ import gradio as gr
 from diffusers.utils import export_to_video, load_video
 
 from attnctl import FreeSwimPipeline
+from attnctl.checks import MAX_SIDE
+from attnctl.methods.freeswim import SPEC as FREESWIM
 
 from ..examples import moving_circle_video
 from ..models import MODEL_QUEUE, ModelCache
 from ..progress import step_progress
-from ..validation import required_text, seeded_generator, user_error, user_errors, whole_number
+from ..validation import (
+    capped,
+    required_text,
+    seeded_generator,
+    spec_values,
+    user_error,
+    user_errors,
+    whole_number,
+)
+from ..widgets import seed_box, steps_slider
 
 DEFAULTS = {name: p.default for name, p in inspect.signature(FreeSwimPipeline.__call__).parameters.items()}
 FPS = 16  # Wan 2.1's frame rate
-MAX_SIDE = 4096
+#: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
+CONTROLS = {"frames": "Frames", "steps": "Steps", "guidance": "Guidance", "strength": "Strength",
+            "cache_interval": "Cache interval", "dual_path": "Dual path"}
 
 
 def write_mp4(frames: list, name: str) -> str:
@@ -32,6 +45,15 @@ def write_mp4(frames: list, name: str) -> str:
     path = Path(tempfile.mkdtemp(prefix="attnctl-ui-")) / f"{name}.mp4"
     export_to_video(frames, str(path), fps=FPS)
     return str(path)
+
+
+def read_video(path: str) -> list:
+    """The frames of an uploaded video; a file that is not one is a message, not a server error."""
+    try:
+        return load_video(path)
+    except Exception as err:  # any upload can arrive here: every decoding failure means "not a video"
+        raise user_error(f"Video to upscale could not be read as a video ({type(err).__name__}); upload an "
+                         "mp4, webm or gif with 4k+1 frames") from None
 
 
 def upscale(
@@ -70,14 +92,19 @@ def upscale(
             ("native_width", native_width, "Native width"),
         )
     }
-    num_frames = whole_number(num_frames, "Frames", 1, 1024)
-    steps = whole_number(steps, "Steps", 1, 200)
-    guidance = float(guidance)  # the slider bounds it (Gradio checks API calls too)
-    strength = float(strength)  # the slider bounds it
-    cache_interval = whole_number(cache_interval, "Cache interval", 1, 200)
+    values = spec_values(FREESWIM, CONTROLS, {
+        "frames": num_frames, "steps": steps, "guidance": guidance, "strength": strength,
+        "cache_interval": cache_interval, "dual_path": dual_path,
+    })
+    limits = models.limits
+    num_frames = capped(values["frames"], limits.max_frames, "Frames", "--max-frames")
+    steps = capped(values["steps"], limits.max_steps, "Steps", "--max-steps")
+    guidance, strength, cache_interval, dual_path = (values[k] for k in ("guidance", "strength", "cache_interval",
+                                                                          "dual_path"))
+    limits.check_pixels(sizes["width"], sizes["height"], "The target size")
     seeded_generator(seed)  # check the seed before loading anything
-    frames_in = load_video(video) if video else None
-    pipe = models.get(video_model, FreeSwimPipeline)
+    frames_in = read_video(video) if video else None
+    pipe = models.get(video_model, FREESWIM)
     progress(0.0, desc="native-size stage" if frames_in is None else "encoding the video")
     started = time.perf_counter()
     with user_errors():
@@ -91,16 +118,16 @@ def upscale(
             video=frames_in,
             strength=strength,
             cache_interval=cache_interval,
-            dual_path=bool(dual_path),
+            dual_path=dual_path,
             output_type="pil",
-            callback_on_step_end=step_progress(progress, "refining at the target size"),
+            callback_on_step_end=step_progress(progress, "refining at the target size", deadline=limits.deadline()),
             **sizes,
         )
     seconds = round(time.perf_counter() - started, 3)
     refined = write_mp4(output.frames[0], "freeswim")
     native = video if output.native_frames is None else write_mp4(output.native_frames[0], "native")
     details = {
-        "model": models.resolve(video_model),
+        "model": models.describe(video_model, FREESWIM),
         "seed": int(seed),
         **sizes,
         "frames": len(output.frames[0]),
@@ -109,7 +136,7 @@ def upscale(
         "guidance_scale": guidance,
         "strength": strength,
         "cache_interval": cache_interval,
-        "dual_path": bool(dual_path),
+        "dual_path": dual_path,
         "source": "generated" if frames_in is None else "uploaded video",
         "seconds": seconds,
     }
@@ -147,9 +174,9 @@ def build(models: ModelCache, video_model_box: gr.Textbox) -> None:
                     )
                 with gr.Row():
                     num_frames = gr.Number(label="Frames (4k+1)", value=DEFAULTS["num_frames"], precision=0)
-                    seed = gr.Number(label="Seed", value=0, precision=0)
+                    seed = seed_box()
                 with gr.Row():
-                    steps = gr.Slider(1, 100, value=DEFAULTS["num_inference_steps"], step=1, label="Steps")
+                    steps = steps_slider(models.limits, DEFAULTS["num_inference_steps"])
                     guidance = gr.Slider(0, 20, value=DEFAULTS["guidance_scale"], step=0.5, label="Guidance")
                 with gr.Row():
                     strength = gr.Slider(
@@ -160,13 +187,13 @@ def build(models: ModelCache, video_model_box: gr.Textbox) -> None:
                         label="Strength",
                         info="How far the upscaled video is re-noised.",
                     )
-                    cache_interval = gr.Slider(
-                        1,
-                        10,
+                    cache_interval = gr.Number(
                         value=DEFAULTS["cache_interval"],
-                        step=1,
+                        precision=0,
+                        minimum=FREESWIM.all_params["cache_interval"].kind.low,
+                        maximum=FREESWIM.all_params["cache_interval"].kind.high,
                         label="Cache interval",
-                        info="Full branch every k steps.",
+                        info="Full branch every k steps (1: uncached).",
                     )
                 dual_path = gr.Checkbox(
                     value=DEFAULTS["dual_path"], label="Dual path (full-attention branch)"

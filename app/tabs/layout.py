@@ -1,5 +1,6 @@
-"""Layout-guided generation tab: each phrase confined to a box (typed, or painted on its own layer), shown
-beside the stock image from the same seed with the boxes drawn over the result."""
+"""Layout-guided generation tab: each phrase in a box (typed, or painted on its own layer), with the regional
+control's modes (forbid, eDiff-I bias, regional prompts), shown beside the stock image from the same seed with
+the boxes drawn over the result."""
 
 from __future__ import annotations
 
@@ -9,14 +10,21 @@ from functools import partial
 import gradio as gr
 from PIL import Image
 
-from attnctl import RegionalDiffusionPipeline
+from attnctl.methods.regional import LAYOUT_MODES, SPECIAL_MASKS
+from attnctl.methods.regional import SPEC as REGIONAL
 
 from ..models import MODEL_QUEUE, ModelCache
 from ..progress import step_progress
 from ..regions import layer_boxes, phrase_regions
-from ..validation import required_text, seeded_generator, user_errors, whole_number
-from ..widgets import result_image
+from ..validation import capped, required_text, seeded_generator, spec_values, user_errors
+from ..widgets import result_image, seed_box, steps_slider
 
+#: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
+CONTROLS = {"steps": "Steps", "guidance": "Guidance", "layout_mode": "Mode", "layout_strength": "Strength",
+            "layout_until": "Fraction of steps", "mask_special": "Drop end-of-text and padding keys",
+            "base_ratio": "Base ratio"}
+#: The layout-mode controls, passed to the pipeline under their param names.
+MODE_CONTROLS = ("layout_mode", "layout_strength", "layout_until", "mask_special", "base_ratio")
 CANVAS = 512  # the drawing canvas in pixels; boxes are read as fractions of it, so any model size works
 LAYERS = [f"Region {index}" for index in range(1, 5)]
 BRUSH_COLOURS = ["#e5484d", "#3e63dd", "#30a46c", "#f5a524"]
@@ -55,18 +63,35 @@ def generate(
     seed: float,
     steps: float,
     guidance: float,
+    mode: str = "forbid",
+    strength: float = 1.0,
+    until: float = 1.0,
+    mask_special: str = "off",
+    base_ratio: float = 0.2,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's injection)
 ) -> tuple:
-    """Stock and layout-guided images from one seed, the boxes over the result, and the run details."""
+    """Stock and layout-guided images from one seed, the boxes over the result, and the run details.
+
+    In ``prompts`` mode each region line's phrase is that box's own prompt (it need not occur in the prompt)
+    and the prompt is the base prompt.
+    """
     prompt = required_text(prompt, "Prompt")
     regions = phrase_regions(regions_text, layer_boxes(canvas))
-    steps = whole_number(steps, "Steps", 1, 200)
-    guidance = float(guidance)  # the slider bounds it (Gradio checks API calls too)
+    values = spec_values(REGIONAL, CONTROLS, {
+        "steps": steps, "guidance": guidance, "layout_mode": mode, "layout_strength": strength,
+        "layout_until": until, "mask_special": mask_special, "base_ratio": base_ratio})
+    layout = {name: values[name] for name in MODE_CONTROLS}
+    steps = capped(values["steps"], models.limits.max_steps, "Steps", "--max-steps")
+    guidance = values["guidance"]
     seeded_generator(seed)  # check the seed before loading anything
-    pipe = models.get(model, RegionalDiffusionPipeline)
+    pipe = models.get(model, REGIONAL)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    models.limits.check_pixels(side, side, "The model's image size")
+    deadline = models.limits.deadline()
     pairs = [(phrase, box) for phrase, box, _ in regions]
-    with user_errors():
-        pipe.region_tokens(prompt, pairs)  # a phrase missing from the prompt fails before any denoising
+    if layout["layout_mode"] != "prompts":
+        with user_errors():
+            pipe.region_tokens(prompt, pairs)  # a phrase missing from the prompt fails before any denoising
     results, seconds = {}, {}
     for index, (stage, stage_regions) in enumerate((("stock", None), ("layout", pairs))):
         started = time.perf_counter()
@@ -75,19 +100,21 @@ def generate(
                 prompt,
                 negative_prompt=negative.strip() or None,
                 regions=stage_regions,
+                **layout,
                 generator=seeded_generator(seed),
                 num_inference_steps=steps,
                 guidance_scale=guidance,
-                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps),
+                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps, deadline),
             )
         seconds[stage] = round(time.perf_counter() - started, 3)
     image = results["layout"].images[0]
     boxes = [(pixel_box(box, image), phrase) for phrase, box, _ in regions]
     details = {
-        "model": models.resolve(model),
+        "model": models.describe(model, REGIONAL),
         "seed": int(seed),
         "steps": steps,
         "guidance_scale": guidance,
+        "layout": layout,
         "regions": [
             {"phrase": phrase, "box": [round(v, 4) for v in box], "from": source, "tokens": tokens}
             for (phrase, box, source), tokens in zip(regions, results["layout"].region_tokens)
@@ -101,16 +128,19 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
     """The tab's inputs, outputs and events (API name ``/layout``)."""
     with gr.Tab("Layout", id="layout", elem_id="layout-tab"):
         gr.Markdown(
-            "Layout-guided generation: each phrase's tokens may only be attended to from inside its box "
-            "(region-constrained cross-attention, PrimeComposer's text-only variant). Type a box after a "
-            "phrase, or leave it off and paint the phrase's box on its layer (line k: layer *Region k*)."
+            "Layout-guided generation. *forbid*: a phrase's tokens may only be attended to from inside its box "
+            "(PrimeComposer's region-constrained cross-attention). *bias*: eDiff-I's paint-with-words bias, "
+            "positive inside the box and negative outside. *prompts*: each box takes its cross-attention from "
+            "its own line as a prompt, mixed with the prompt as base (Regional Prompter). Type a box after a "
+            "phrase, or leave it off and paint the phrase's box on its layer (line k: layer *Region k*). "
+            "docs/layout.md says what each mode achieves on the embedded model."
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle and a blue square")
                 with gr.Row():
                     negative = gr.Textbox(label="Negative prompt", placeholder="optional", scale=3)
-                    seed = gr.Number(label="Seed", value=0, precision=0, scale=1, min_width=100)
+                    seed = seed_box(scale=1, min_width=100)
                 regions = gr.Textbox(
                     label="Regions",
                     lines=3,
@@ -135,8 +165,20 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                     format="png",
                 )
                 with gr.Row():
-                    steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
+                    steps = steps_slider(models.limits, 25)
                     guidance = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance")
+                mode = gr.Radio(list(LAYOUT_MODES), value="forbid", label=CONTROLS["layout_mode"])
+                with gr.Accordion("Mode settings", open=False):
+                    with gr.Row():
+                        strength = gr.Number(value=1.0, minimum=0, label=CONTROLS["layout_strength"],
+                                             info="bias: eDiff-I's w (0.5 measured); guidance: step size (1000)")
+                        until = gr.Slider(0.05, 1, value=1.0, step=0.05, label=CONTROLS["layout_until"] + " (bias, guidance)")
+                    mask_special = gr.Radio(
+                        list(SPECIAL_MASKS), value="off", label=CONTROLS["mask_special"] + " (forbid, bias)",
+                        info="They carry the whole prompt to every pixel; drop them inside the boxes or everywhere.",
+                    )
+                    base_ratio = gr.Slider(0, 1, value=0.2, step=0.05, label=CONTROLS["base_ratio"] + " (prompts)",
+                                           info="The prompt's share inside the boxes; each box's line is its prompt.")
                 run_button = gr.Button("Generate", variant="primary")
             with gr.Column(scale=3):
                 with gr.Row():
@@ -150,7 +192,8 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
         gr.Examples(EXAMPLES, inputs=[prompt, regions, seed], label="Examples")
     run_button.click(
         partial(generate, models),
-        inputs=[model_box, prompt, negative, regions, canvas, seed, steps, guidance],
+        inputs=[model_box, prompt, negative, regions, canvas, seed, steps, guidance, mode, strength, until,
+                mask_special, base_ratio],
         outputs=[stock_image, layout_image, boxes, details],
         api_name="layout",
         concurrency_id=MODEL_QUEUE,

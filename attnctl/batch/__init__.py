@@ -1,11 +1,13 @@
 """Batch generation behind ``attnctl generate``: job files, seeds, layouts, atomic outputs, manifest, scale-out.
 
-Modules, each with one job: :mod:`.fields` (job fields and validators), :mod:`.jobs` (``.txt``/``.jsonl``
-parsing with line-numbered errors), :mod:`.seeds` (per-item seeds), :mod:`.naming` (safe unique names),
-:mod:`.layouts` (benchmark folder layouts), :mod:`.methods` (``--method`` registry), :mod:`.plan` (items,
-fingerprints), :mod:`.atomic` and :mod:`.media` (atomic PNG/mp4 writes), :mod:`.records` (what is recorded
-per item), :mod:`.manifest` (journals and the merged manifest), :mod:`.processes` (accelerate state, device,
-dtype) and :mod:`.runner` (resume, accelerate split, the loop). Heavy imports (torch, diffusers) wait
+Modules, each with one job: :mod:`.methods` (the ``--method`` registry of method specs, :mod:`attnctl.spec`),
+:mod:`.fields` (job fields, validated by the specs' kinds), :mod:`.jobs` (``.txt``/``.jsonl`` parsing with
+line-numbered errors), :mod:`.seeds` (per-item seeds), :mod:`.naming` (safe unique names), :mod:`.layouts`
+(benchmark folder layouts), :mod:`.plan` (items, fingerprints), :mod:`.atomic` and :mod:`.media` (atomic
+PNG/mp4 writes), :mod:`.records` (what is recorded per item), :mod:`.manifest` (journals and the merged
+manifest, damaged lines skipped), :mod:`.guard` (the ``--out`` lock, writability, a full disk, workers that die
+with their launcher), :mod:`.processes` (accelerate state, device, dtype) and :mod:`.runner` (resume,
+accelerate split, the loop). Heavy imports (torch, diffusers) wait
 until used, so ``attnctl --help`` stays fast.
 """
 
@@ -20,7 +22,7 @@ _LAZY = {
     "read_job_file": "attnctl.batch.jobs",
     "LAYOUTS": "attnctl.batch.layouts",
     "METHODS": "attnctl.batch.methods",
-    "Method": "attnctl.batch.methods",
+    "MethodSpec": "attnctl.spec",
     "RunOptions": "attnctl.batch.runner",
     "Tally": "attnctl.batch.runner",
     "run_batch": "attnctl.batch.runner",

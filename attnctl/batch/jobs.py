@@ -68,6 +68,8 @@ def _raw_fields(text: str, json_lines: bool) -> dict[str, Any]:
         raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"not valid JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply; a job line is one flat object of fields") from None
     if not isinstance(raw, dict):
         raise ValueError(f'expected a JSON object such as {{"prompt": "a red car"}}, got {type(raw).__name__}')
     return raw

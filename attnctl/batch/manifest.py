@@ -2,7 +2,10 @@
 
 While a run works, each process appends a line per finished item to its own journal,
 ``<out>/.attnctl/manifest.part-<process>.jsonl``, flushed and fsynced, so a crash loses at most the line
-being written (a torn last line is ignored on reading). At the end the main process merges the old
+being written. A torn last line is ignored on reading, and the next append starts on a new line so it never
+glues a good record to the torn one. Lines that are not records (bad JSON, a path that is not a relative
+path inside ``--out``, fields of the wrong type) are skipped, so one damaged line never stops a later run. At
+the end the main process merges the old
 ``manifest.jsonl`` and every journal into a new ``manifest.jsonl`` (atomically), keeping per path the record
 finished last and dropping records whose file is gone, and then deletes the journals. A rerun reads the same
 files to decide which items are finished.
@@ -13,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .atomic import write_text_atomic
@@ -36,21 +39,38 @@ class Journal:
     def append(self, record: Mapping[str, Any]) -> None:
         """Append ``record`` as one line and make it durable before returning."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        with open(self.path, "a+b") as handle:
+            torn = False
+            if handle.seek(0, os.SEEK_END) > 0:  # a crash may have left a last line without its newline
+                handle.seek(-1, os.SEEK_END)
+                torn = handle.read(1) != b"\n"
+            line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+            handle.write((b"\n" if torn else b"") + line.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
 
 
+def is_record(record: Any) -> bool:
+    """Whether ``record`` is a usable manifest record: a relative path inside ``--out`` and well-typed fields."""
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str) or not record["path"]:
+        return False
+    path = PurePosixPath(record["path"])
+    if path.is_absolute() or ".." in path.parts or "\\" in record["path"]:
+        return False
+    typed = {"finished_at": str, "fingerprint": str, "entry": int, "sample": int}
+    return all(isinstance(record[key], kind) and not isinstance(record[key], bool)
+               for key, kind in typed.items() if key in record)
+
+
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON objects of ``path``, skipping lines that do not parse (a journal torn by a crash)."""
-    with open(path, encoding="utf-8") as handle:
+    """The records of ``path``, skipping lines that are not records (torn by a crash, or damaged)."""
+    with open(path, "rb") as handle:
         for line in handle:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 continue
-            if isinstance(record, dict) and "path" in record:
+            if is_record(record):
                 yield record
 
 

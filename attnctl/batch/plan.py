@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from attnctl.spec import MethodSpec
+
 from .jobs import Job
 from .layouts import item_path
-from .methods import RUNNER_FIELDS, Method
 from .naming import make_unique
 from .seeds import item_seed
 
@@ -36,15 +37,15 @@ class Item:
         return self.job.fields
 
 
-def fingerprint(identity: Mapping[str, Any], fields: Mapping[str, Any], method: Method, seed: int) -> str:
+def fingerprint(identity: Mapping[str, Any], fields: Mapping[str, Any], method: MethodSpec, seed: int) -> str:
     """SHA-256 over the run identity (method, model, dtype), the seed and the method's generation fields."""
-    used = {k: v for k, v in fields.items() if k in method.fields and k not in RUNNER_FIELDS}
+    used = {k: v for k, v in fields.items() if k in method.fields and k not in method.runner_fields}
     blob = json.dumps({**identity, "seed": seed, "fields": used}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def plan_items(
-    jobs: Sequence[Job], method: Method, layout: str, run_seed: int, identity: Mapping[str, Any]
+    jobs: Sequence[Job], method: MethodSpec, layout: str, run_seed: int, identity: Mapping[str, Any]
 ) -> list[Item]:
     """Every item of ``jobs`` in job-file order (entry, then sample), with unique paths."""
     keys, paths = [], []

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .guard import die_with_parent
+
 if TYPE_CHECKING:
     from accelerate import PartialState
 
@@ -23,6 +25,8 @@ def process_state(device: str) -> PartialState:
     from accelerate import PartialState
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        die_with_parent()  # killing the launcher must not leave this worker running
     state = PartialState(cpu=device == "cpu" or (world > 1 and not torch.cuda.is_available()))
     if world > 1 and state.num_processes != world:
         raise ValueError(

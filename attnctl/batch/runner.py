@@ -25,12 +25,14 @@ from typing import Any
 
 import torch
 
+from attnctl.spec import DEFAULT_FPS, MethodSpec, MethodUnavailable
+
 from .atomic import remove_stale_temps, write_text_atomic
+from .guard import OutputLock, check_writable, disk_full
 from .jobs import Job, JobError
 from .layouts import check_layout, entry_files
 from .manifest import Journal, merge_manifest, read_records
 from .media import save_mp4, save_png
-from .methods import Method, MethodUnavailable
 from .naming import inside
 from .plan import Item, plan_items
 from .processes import process_state, resolve_device, resolve_dtype
@@ -41,14 +43,13 @@ from .seeds import cpu_generator
 #: item, exactly like a run killed mid-way. Used by the resume tests; never set it otherwise.
 CRASH_AFTER_ENV = "ATTNCTL_TEST_CRASH_AFTER"
 CRASH_EXIT_CODE = 99
-DEFAULT_FPS = 16
 
 
 @dataclass(frozen=True)
 class RunOptions:
     """What one ``attnctl generate`` run does, after the command line has been validated."""
 
-    method: Method
+    method: MethodSpec
     model: str
     out: Path
     source: str = "<prompts>"
@@ -189,6 +190,8 @@ def run_batch(
     if options.cpu_offload and device.type == "cpu":
         raise ValueError("--cpu-offload moves models between an accelerator and the CPU; it needs a GPU --device")
     dtype = resolve_dtype(options.dtype, device)
+    if options.method.preflight is not None:
+        options.method.preflight(jobs)
     identity = {"method": options.method.name, "model": options.model, "dtype": options.dtype}
     items = plan_items(jobs, options.method, options.layout, options.seed, identity)
 
@@ -205,38 +208,79 @@ def run_batch(
         for error in job_errors:
             tally.fail(str(error))
             say(f"skipped {error}")
-        options.out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(options.out)
-    state.wait_for_everyone()
+    lock = _claim_out(options.out, state)
+    try:
+        records = {} if options.overwrite else read_records(options.out)
+        pending = [item for item in items if not _finished(item, records, options.out)]
+        if state.is_main_process:
+            tally.skipped = len(items) - len(pending)
+        state.wait_for_everyone()
+        with state.split_between_processes(pending) as share:
+            _generate_share(options, share, _Worker(options, device, dtype, state.process_index), tally, say, state)
 
-    records = {} if options.overwrite else read_records(options.out)
-    pending = [item for item in items if not _finished(item, records, options.out)]
-    if state.is_main_process:
-        tally.skipped = len(items) - len(pending)
-    state.wait_for_everyone()
+        from accelerate.utils import gather_object
 
-    crash_after = int(os.environ.get(CRASH_AFTER_ENV, "0"))
-    with state.split_between_processes(pending) as share:
-        worker = _Worker(options, device, dtype, state.process_index)
-        journal = Journal(options.out, state.process_index)
-        with _progress(len(share), state) as bar:
-            for item in share:
-                try:
-                    journal.append(worker.generate(item))
-                    tally.done += 1
-                except Exception as err:  # one bad item never stops the batch
-                    reason = str(err) if isinstance(err, (ValueError, MethodUnavailable)) else repr(err)
-                    message = f"{options.source}:{item.job.line}: {item.path}: {reason}"
-                    tally.fail(message)
-                    say(f"failed {message}")
-                bar.update()
-                if crash_after and tally.done == crash_after:
-                    os._exit(CRASH_EXIT_CODE)
-
-    from accelerate.utils import gather_object
-
-    total = Tally.total(gather_object([asdict(tally)]))
-    if state.is_main_process:
-        merge_manifest(options.out)
-    state.wait_for_everyone()
+        total = Tally.total(gather_object([asdict(tally)]))
+        if state.is_main_process:
+            _merge(options.out, say)
+        state.wait_for_everyone()
+    finally:
+        if lock is not None:
+            lock.release()
     return total
+
+
+def _claim_out(out: Path, state: Any) -> OutputLock | None:
+    """Lock ``out`` for this run, check that it is writable and clear what a killed run left (main process),
+    before any model loads; every process raises the same ``ValueError`` when that fails."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, problem = None, None
+    if state.is_main_process:
+        try:
+            check_writable(out)
+            lock = OutputLock(out).acquire()
+            remove_stale_temps(out)
+        except (ValueError, OSError) as err:
+            problem = str(err)
+    if state.num_processes > 1:
+        problem = broadcast_object_list([problem])[0]
+    if problem is not None:
+        raise ValueError(problem)
+    return lock
+
+
+def _generate_share(options: RunOptions, share: Sequence[Item], worker: _Worker, tally: Tally,
+                    say: Callable[[str], None], state: Any) -> None:
+    """Generate and journal this process's items; a bad item is reported and skipped, a full disk stops here."""
+    crash_after = int(os.environ.get(CRASH_AFTER_ENV, "0"))
+    journal = Journal(options.out, state.process_index)
+    with _progress(len(share), state) as bar:
+        for item in share:
+            try:
+                journal.append(worker.generate(item))
+                tally.done += 1
+            except Exception as err:  # one bad item never stops the batch; a full disk does
+                reason = str(err) if isinstance(err, (ValueError, MethodUnavailable)) else repr(err)
+                if disk_full(err):
+                    reason = (f"no space left on device ({err.filename or options.out}); stopped here, every output "
+                              "finished before is kept: free some space and rerun the same command to resume")
+                message = f"{options.source}:{item.job.line}: {item.path}: {reason}"
+                tally.fail(message)
+                say(f"failed {message}")
+                if disk_full(err):
+                    return
+            bar.update()
+            if crash_after and tally.done == crash_after:
+                os._exit(CRASH_EXIT_CODE)
+
+
+def _merge(out: Path, say: Callable[[str], None]) -> None:
+    """Merge the journals into the manifest; with no space left the journals stay (the next run merges)."""
+    try:
+        merge_manifest(out)
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        say(f"note: {out / 'manifest.jsonl'} was not rewritten (no space left on device); the finished outputs "
+            f"are recorded in {out / '.attnctl'} and the next run merges them")

@@ -14,7 +14,7 @@ from attnctl.batch.jobs import Job, JobError, parse_lines, read_job_file, valida
 from attnctl.batch.layouts import LAYOUTS
 from attnctl.batch.methods import METHODS
 
-from .common import EXIT_FAILED, EXIT_OK, resolve_model
+from .common import EXIT_FAILED, EXIT_OK, model_argument
 
 EPILOG = """\
 examples:
@@ -24,7 +24,10 @@ examples:
   accelerate launch --multi_gpu --num_processes 2 -m attnctl generate --prompts p.txt --out runs/c
 
 methods:
-""" + "\n".join(f"  {m.name:<11} {m.help}" for m in METHODS.values()) + """
+""" + "\n".join(
+    f"  {m.name:<11} {m.help}" + (f"\n{'':14}fields: {', '.join(p.name for p in m.params)}" if m.params else "")
+    for m in METHODS.values()
+) + """
 
 A rerun of the same command skips finished outputs (resume); --overwrite regenerates them.
 Exit codes: 0 all done, 1 some items failed, 2 usage error.
@@ -139,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     method = METHODS[args.method]
     if method.output == "video" and args.model is None:
         raise ValueError(f"--method {method.name} needs a Wan text-to-video checkpoint: pass --model <folder or hub id>")
-    model = resolve_model(args.model)
+    model = model_argument(args.model, method)
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .common import EXIT_OK, resolve_model
+from .common import EXIT_OK, model_argument
 
 
 def add_parser(commands: Any) -> None:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the model's tokenizer, parse, print."""
     from transformers import AutoTokenizer
 
-    model = resolve_model(args.model)
+    model = model_argument(args.model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
     except OSError as err:

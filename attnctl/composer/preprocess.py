@@ -14,34 +14,18 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..checks import mask_array, rgb_image
 from .geometry import PixelBox, Placement, check_box, mask_bbox
 
 
 def to_rgb_image(image, name: str) -> PIL.Image.Image:
-    """A PIL RGB image from a PIL image or an (H, W, 3) uint8 / [0, 1] float array."""
-    if isinstance(image, PIL.Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 3:
-        array = image if image.dtype == np.uint8 else (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-        return PIL.Image.fromarray(array)
-    raise ValueError(f"{name} must be a PIL image or an (H, W, 3) array; got {type(image).__name__}")
+    """A PIL RGB image from any image input (:func:`attnctl.checks.rgb_image`: 16-bit scaled, alpha dropped)."""
+    return rgb_image(name, image)
 
 
 def to_bool_mask(mask, name: str) -> np.ndarray:
-    """An (H, W) bool mask from a PIL image or array: pixels at or above half intensity are ``True``."""
-    if isinstance(mask, PIL.Image.Image):
-        array = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
-    elif isinstance(mask, np.ndarray | torch.Tensor):
-        array = np.asarray(mask, dtype=np.float32)
-        if array.ndim == 3:
-            array = array.mean(-1)
-        if array.max(initial=0.0) > 1.0:
-            array = array / 255.0
-    else:
-        raise ValueError(f"{name} must be a PIL image or an (H, W) array; got {type(mask).__name__}")
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be two-dimensional (H, W); got shape {array.shape}")
-    binary = array >= 0.5
+    """An (H, W) bool mask from a mask of any mode or depth: pixels at or above half intensity are ``True``."""
+    binary = mask_array(name, mask) >= 0.5
     if not binary.any():
         raise ValueError(f"{name} is empty (no pixel at or above half intensity); pass a mask that marks the region")
     return binary

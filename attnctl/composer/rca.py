@@ -65,12 +65,15 @@ class RegionConstrainedCrossAttention(AttentionControl):
         regions: the token sets and their regions.
         rows: which batch rows are constrained (e.g. :func:`conditional_half`; the unconditional rows stay stock).
         branch: act only while ``controller.branch`` equals this (``None``: always).
+        first_token: the first position a region may name: 1 where position 0 is CLIP's start token, 0 for T5.
     """
 
-    def __init__(self, regions: Sequence[TokenRegion], rows: RowSelector = all_rows, branch: str | None = None):
+    def __init__(self, regions: Sequence[TokenRegion], rows: RowSelector = all_rows, branch: str | None = None,
+                 first_token: int = 1):
         for region in regions:
-            if any(token < 1 for token in region.tokens):
-                raise ValueError(f"token indices {region.tokens} must be >= 1: position 0 is the start token")
+            if any(token < first_token for token in region.tokens):
+                raise ValueError(f"token indices {region.tokens} must be >= {first_token}"
+                                 + (": position 0 is the start token" if first_token else ""))
         self.regions = list(regions)
         self.rows = rows
         self.branch = branch
@@ -90,9 +93,14 @@ class RegionConstrainedCrossAttention(AttentionControl):
         return self._masks[key]
 
     def logits_bias(self, call: AttentionCall, query_len: int, key_len: int) -> torch.Tensor | None:
-        keep = self.keep_mask(call.grid, key_len)
+        """Cross-attention: a (batch, 1, q, k) keep-mask. Joint attention (SD3, Flux): the same mask on the
+        image-query x text-key block, every other entry kept, so text queries and image-image attention stay
+        stock (the rule for text queries: they are never constrained)."""
+        image_queries, text_keys = (call.cross(torch.empty(query_len, key_len, device="meta")).shape
+                                    if call.is_joint else (query_len, key_len))  # fmt: skip
+        keep = self.keep_mask(call.grid, text_keys)
         if keep is None:
             return None
-        mask = torch.ones(call.batch_size, 1, query_len, key_len, dtype=torch.bool, device=call_device(call))
+        mask = torch.ones(call.batch_size, 1, image_queries, text_keys, dtype=torch.bool, device=call_device(call))
         mask[self.rows(call)] = keep.to(mask.device)  # (batch, 1, q, k): constrained rows get the keep-mask
-        return mask
+        return call.joint_bias(mask, query_len, key_len) if call.is_joint else mask

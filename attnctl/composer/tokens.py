@@ -10,28 +10,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def phrase_token_indices(tokenizer, prompt: str, phrase: str) -> list[int]:
-    """Positions (start token = 0) of every occurrence of ``phrase``'s tokens in ``prompt``; ``[]`` if absent."""
-    prompt_ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+def phrase_token_indices(tokenizer, prompt: str, phrase: str, first: int = 1, max_length: int | None = None
+                         ) -> list[int]:
+    """Positions of every occurrence of ``phrase``'s tokens in ``prompt``; ``[]`` if absent.
+
+    ``first`` is the position of the prompt's first word: 1 after CLIP's start token, 0 for T5, which has none.
+    ``max_length``: the encoder's sequence length (default: the tokenizer's ``model_max_length``).
+    """
+    prompt_ids = tokenizer(prompt, truncation=True, max_length=max_length or tokenizer.model_max_length).input_ids
     phrase_ids = tokenizer(phrase, add_special_tokens=False).input_ids
     if not phrase_ids:
         return []
     width = len(phrase_ids)
     found: list[int] = []
-    for start in range(1, len(prompt_ids) - width + 1):
+    for start in range(first, len(prompt_ids) - width + 1):
         if prompt_ids[start:start + width] == phrase_ids:
             found.extend(range(start, start + width))
     return found
 
 
-def words_token_indices(tokenizer, prompt: str, words: str | Sequence[str], name: str) -> list[int]:
+def words_token_indices(tokenizer, prompt: str, words: str | Sequence[str], name: str, first: int = 1,
+                        max_length: int | None = None) -> list[int]:
     """Sorted token positions of all ``words`` (each a word or phrase) in ``prompt``; raises if one is missing."""
     phrases = [words] if isinstance(words, str) else list(words)
     if not phrases:
         raise ValueError(f"{name} is empty; name at least one word of the prompt")
     indices: set[int] = set()
     for phrase in phrases:
-        found = phrase_token_indices(tokenizer, prompt, phrase)
+        found = phrase_token_indices(tokenizer, prompt, phrase, first, max_length)
         if not found:
             raise ValueError(
                 f"{name}: {phrase!r} does not occur in prompt={prompt!r}; use words that appear in the prompt "
@@ -41,9 +47,9 @@ def words_token_indices(tokenizer, prompt: str, words: str | Sequence[str], name
     return sorted(indices)
 
 
-def check_token_indices(indices: Sequence[int], max_length: int, name: str) -> list[int]:
-    """Validate explicit token positions: integers in ``[1, max_length - 1]`` (0 is the start token)."""
+def check_token_indices(indices: Sequence[int], max_length: int, name: str, first: int = 1) -> list[int]:
+    """Validate explicit token positions: integers in ``[first, max_length - 1]`` (CLIP: 0 is the start token)."""
     values = [int(i) for i in indices]
-    if not values or any(i < 1 or i >= max_length for i in values):
-        raise ValueError(f"{name}={list(indices)} must be non-empty positions in [1, {max_length - 1}]")
+    if not values or any(i < first or i >= max_length for i in values):
+        raise ValueError(f"{name}={list(indices)} must be non-empty positions in [{first}, {max_length - 1}]")
     return sorted(set(values))

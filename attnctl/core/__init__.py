@@ -1,25 +1,41 @@
-"""attnctl's core: one controlled attention processor, its control protocol, run state and map capture."""
+"""attnctl's core: the controlled processors, their control protocol, run state and map capture.
 
-from .controller import AttentionController
-from .controls import AttentionCall, AttentionControl, ContextSets
-from .engine import attend, combine_masks, sdpa
-from .heatmaps import TokenHeatmaps, label_heatmaps
-from .layers import LayerInfo, token_grid
-from .processor import ControlledAttnProcessor
-from .store import AttentionStore
+Names are imported lazily, so ``import attnctl.core.windows`` (the window kernels, used by ``attnctl.llm`` and
+``attnctl.vision``) does not import diffusers.
+"""
 
-__all__ = [
-    "AttentionCall",
-    "AttentionControl",
-    "AttentionController",
-    "AttentionStore",
-    "ContextSets",
-    "ControlledAttnProcessor",
-    "LayerInfo",
-    "TokenHeatmaps",
-    "attend",
-    "combine_masks",
-    "label_heatmaps",
-    "sdpa",
-    "token_grid",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "AttentionCall": "controls",
+    "AttentionControl": "controls",
+    "ContextSets": "controls",
+    "AttentionController": "controller",
+    "AttentionStore": "store",
+    "BatchRows": "rows",
+    "CallHooks": "engine",
+    "ControlledAttnProcessor": "processor",
+    "ControlledFluxAttnProcessor": "joint",
+    "ControlledJointAttnProcessor": "joint",
+    "ControlledProcessor": "engine",
+    "LayerInfo": "layers",
+    "RunState": "run",
+    "TokenHeatmaps": "heatmaps",
+    "attend": "engine",
+    "combine_masks": "engine",
+    "guidance_rows": "rows",
+    "sdpa": "engine",
+    "stacked": "rows",
+    "token_grid": "layers",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

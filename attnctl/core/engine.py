@@ -1,4 +1,8 @@
-"""The attention core shared by every processor: bias fusion, materialised probabilities, kernels.
+"""The attention core shared by every processor: the hook template, bias fusion, probabilities, kernels.
+
+:class:`ControlledProcessor` and :class:`CallHooks` are the one template of the hook order (see
+:mod:`attnctl.core.controls`); a family's processor subclasses it and does only what is specific to its
+module class (projections, norms, rotary embeddings, splitting streams), calling the hooks in between.
 
 Tensors use SDPA's layout: query (batch, heads, q_tokens, head_dim), key/value (batch, heads, kv_tokens,
 head_dim). Several key sets arrive stacked on a leading axis, (sets, batch, heads, kv_tokens, head_dim),
@@ -7,12 +11,14 @@ with weights (sets, batch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .controls import AttentionCall, AttentionControl, Kernel
+from .controls import AttentionCall, AttentionControl, ContextSets, ControlSource, Kernel
+from .layers import LayerInfo
 
 
 def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
@@ -116,3 +122,66 @@ def _attend_materialised(
     for control in controls:
         control.observe(call, mean_probs)
     return torch.matmul(mean_probs, value)
+
+
+class CallHooks:
+    """The controls acting on one call, run in the documented hook order.
+
+    ``cached_output`` and ``edit_output`` wrap the processor's body (see :meth:`ControlledProcessor.controlled`),
+    ``context`` feeds its key/value projections, and :meth:`attend` runs hooks 3-7 around the kernel.
+    """
+
+    def __init__(self, call: AttentionCall, controls: Sequence[AttentionControl]) -> None:
+        self.call = call
+        self.controls = list(controls)
+
+    def cached_output(self) -> torch.Tensor | None:
+        return next((out for c in self.controls if (out := c.cached_output(self.call)) is not None), None)
+
+    def context(self, encoder_hidden_states: torch.Tensor) -> ContextSets | None:
+        return next((s for c in self.controls if (s := c.context(self.call, encoder_hidden_states)) is not None), None)
+
+    def attend(self, *tensors: torch.Tensor | None, **options: Any) -> torch.Tensor:
+        """:func:`attend` (query, key, value, attn_mask, key_weights, default_kernel) with this call's controls."""
+        return attend(self.call, self.controls, *tensors, **options)
+
+    def edit_output(self, output: torch.Tensor) -> torch.Tensor:
+        for control in self.controls:
+            output = control.edit_output(self.call, output)
+        return output
+
+
+class ControlledProcessor:
+    """Base of every controlled processor: it owns the hook order, subclasses own their module's arithmetic.
+
+    A subclass builds the :class:`AttentionCall` of each invocation with :meth:`make_call` and runs its body
+    through :meth:`controlled`. Per-call state lives in the controller (read through ``controller.run``),
+    never in ``cross_attention_kwargs``: diffusers drops keyword arguments a processor does not declare.
+    """
+
+    def __init__(self, controller: ControlSource, layer: LayerInfo) -> None:
+        self.controller = controller
+        self.layer = layer
+
+    def make_call(self, module: torch.nn.Module, batch_size: int, query_tokens: int,
+                  grid: tuple[int, ...] | None, **view: Any) -> AttentionCall:  # fmt: skip
+        return AttentionCall(self.layer, module, self.controller.run, batch_size, query_tokens, grid, **view)
+
+    def controlled(self, call: AttentionCall, body: Callable[[CallHooks], Any], pair: bool = False) -> Any:
+        """Hooks 1 and 8 around ``body``: a cached output skips the call, ``edit_output`` sees the output.
+
+        ``pair``: the layer returns ``(image, text)`` streams (joint attention); the output hooks see the image
+        stream, and a cached output, which cannot stand for both streams, is refused.
+        """
+        hooks = CallHooks(call, self.controller.controls_for(call))
+        cached = hooks.cached_output()
+        if cached is not None:
+            if pair:
+                raise ValueError(f"layer {call.layer.name} returns image and text streams; cached_output cannot "
+                                 "replace it")  # fmt: skip
+            return cached
+        output = body(hooks)
+        if pair:
+            image, text = output
+            return hooks.edit_output(image), text
+        return hooks.edit_output(output)

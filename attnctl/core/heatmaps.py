@@ -31,15 +31,3 @@ class TokenHeatmaps:
         scale = (high - low).clamp_min(1e-12)
         return (self.maps - low[:, None, None]) / scale[:, None, None]
 
-
-def label_heatmaps(maps: torch.Tensor, token_ids: list[list[int]], tokenizer) -> list[TokenHeatmaps]:
-    """Split (images, 77, H, W) store maps into per-image :class:`TokenHeatmaps` of the real tokens.
-
-    ``token_ids[i]`` are image i's prompt tokens without BOS/EOS (truncated to what the encoder saw).
-    """
-    result = []
-    for image_maps, ids in zip(maps, token_ids):
-        ids = ids[: image_maps.shape[0] - 2]
-        tokens = [tokenizer.decode([token]).strip() for token in ids]
-        result.append(TokenHeatmaps(tokens, image_maps[1 : 1 + len(ids)]))
-    return result

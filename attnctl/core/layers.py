@@ -17,23 +17,28 @@ _BLOCK = re.compile(r"(?P<block>down_blocks|mid_block|up_blocks|blocks|transform
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One attention layer: its processor key, position in the network and whether it is cross-attention."""
+    """One attention layer: its processor key, position in the network and whether it reads text.
+
+    ``is_cross`` is True for cross-attention and for joint attention with a text stream; ``joint`` tells the
+    two apart (a joint layer's keys are image and text tokens, see :class:`~attnctl.core.controls.AttentionCall`).
+    """
 
     name: str
     is_cross: bool
     place: str  # "down", "mid", "up" for UNets; "block" for DiTs; "other" when unknown
     block_index: int  # index of the enclosing block (-1 when unknown)
     order: int  # position among all attention layers, in the model's own order
+    joint: bool = False  # joint attention over concatenated image and text tokens (SD3, Flux)
 
     @classmethod
-    def from_name(cls, name: str, is_cross: bool, order: int) -> LayerInfo:
+    def from_name(cls, name: str, is_cross: bool, order: int, joint: bool = False) -> LayerInfo:
         match = _BLOCK.search(name)
         if match is None:
-            return cls(name, is_cross, "other", -1, order)
+            return cls(name, is_cross, "other", -1, order, joint)
         block = match.group("block")
         place = {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}.get(block, "block")
         index = int(match.group("index")) if match.group("index") is not None else 0
-        return cls(name, is_cross, place, index, order)
+        return cls(name, is_cross, place, index, order, joint)
 
     @property
     def module_path(self) -> str:

@@ -3,6 +3,11 @@
 :class:`AttentionStore` is an *observe* control: on the cross-attention layers it selects it asks for the
 probabilities, averages them over heads, resizes each layer's map to the latent grid and accumulates a
 running mean over layers and steps. Only the selected layers pay for materialised probabilities.
+
+On joint attention (SD3, Flux) it reads the image-query x text-key block (``call.cross``) and renormalises
+each query's row over the text keys, so a map is, as in cross-attention, each pixel's distribution over the
+text tokens. Image grids give maps (batch, text_tokens, height, width); video grids (Wan: frames x height x
+width tokens) give (batch, text_tokens, frames, height, width), each frame resized like an image.
 """
 
 from __future__ import annotations
@@ -38,11 +43,11 @@ class AttentionStore(AttentionControl):
         self.reset()
 
     def reset(self) -> None:
-        self._sum: torch.Tensor | None = None  # (batch, text_tokens, height, width), float32
+        self._sum: torch.Tensor | None = None  # (batch, text_tokens, [frames,] height, width), float32
         self._count = 0
 
     def applies_to(self, call: AttentionCall) -> bool:
-        if not call.is_cross or call.grid is None or len(call.grid) != 2:
+        if not call.is_cross or call.grid is None or len(call.grid) not in (2, 3):
             return False
         if self.layer_filter is not None and not self.layer_filter(call.layer):
             return False
@@ -54,12 +59,13 @@ class AttentionStore(AttentionControl):
         return True
 
     def observe(self, call: AttentionCall, probs: torch.Tensor) -> None:
-        height, width = call.grid
-        maps = probs.float().mean(dim=1)  # (batch, heads, q, text) -> (batch, q, text)
-        maps = maps.transpose(1, 2).reshape(maps.shape[0], -1, height, width)  # (batch, text, h, w)
-        target = call.controller.sample_hw or (height, width)
-        if (height, width) != tuple(target):
-            maps = F.interpolate(maps, size=target, mode="bilinear", align_corners=False)
+        maps = call.cross(probs).float().mean(dim=1)  # (batch, heads, q, text) -> (batch, q, text)
+        if call.is_joint:  # the joint softmax also spans image keys: renormalise over the text keys
+            maps = maps / maps.sum(-1, keepdim=True).clamp_min(1e-12)
+        maps = maps.transpose(1, 2).unflatten(2, call.grid)  # (batch, text, [frames,] h, w)
+        target = tuple(call.run.sample_hw or call.grid[-2:])
+        if tuple(call.grid[-2:]) != target:
+            maps = _resize_frames(maps, target, "bilinear")
         maps = maps.detach().cpu()
         if self._sum is None or self._sum.shape != maps.shape:
             self._sum, self._count = torch.zeros_like(maps), 0
@@ -71,7 +77,8 @@ class AttentionStore(AttentionControl):
         return self._count
 
     def maps(self, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(batch, text_tokens, height, width): mean attention per token, optionally resized to ``size``.
+        """(batch, text_tokens, height, width), or (batch, text_tokens, frames, height, width) on video: mean
+        attention per token, optionally resized to ``size`` (height, width; every frame alike).
 
         Each pixel's values over the tokens sum to one (they are softmax rows); normalise per map for display.
         """
@@ -79,5 +86,12 @@ class AttentionStore(AttentionControl):
             raise RuntimeError("no cross-attention was recorded; run the model with the store installed first")
         maps = self._sum / self._count
         if size is not None and tuple(size) != tuple(maps.shape[-2:]):
-            maps = F.interpolate(maps, size=tuple(size), mode="bicubic", align_corners=False).clamp_min(0)
+            maps = _resize_frames(maps, tuple(size), "bicubic").clamp_min(0)
         return maps
+
+
+def _resize_frames(maps: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Resize the last two axes of (batch, text, [frames,] h, w) maps to ``size``."""
+    flat = maps.flatten(1, -3)  # (batch, text * frames, h, w)
+    resized = F.interpolate(flat, size=size, mode=mode, align_corners=False)
+    return resized.unflatten(1, maps.shape[1:-2])

@@ -181,9 +181,14 @@ class FullBranchCrossAttention(AttentionControl):
         return full_rows_for_both
 
     def edit_output(self, call: AttentionCall, output: torch.Tensor) -> torch.Tensor:
-        if self.state.mode == DUAL and self.state.stores_cache:
-            self.state.store((call.branch, call.layer.name), output[_half(call) :])  # the full rows only
-        return output
+        """On dual passes the full rows' whole output (text attention and, on Wan 2.1 I2V, the image-context term
+        the processor adds) replaces the window rows', and is stored when caching."""
+        if self.state.mode != DUAL:
+            return output
+        full = output[_half(call) :]
+        if self.state.stores_cache:
+            self.state.store((call.branch, call.layer.name), full)
+        return torch.cat([full, full])
 
 
 def freeswim_controls(state: FreeSwimState) -> list[AttentionControl]:

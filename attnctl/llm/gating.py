@@ -8,6 +8,10 @@ divided by the constant ``sigmoid(init_bias)``, so every gate starts at exactly 
 ``init_bias=0`` the patched model is bit-identical to the original (``sigmoid(0) = 0.5`` is exact in every
 float format); other values start within one float rounding of 1. The gate then ranges over
 (0, 1/sigmoid(init_bias)), (0, 2) by default, and its gradient at the start is as large as a sigmoid's gets.
+
+``bias=False`` drops b_g: ``sigmoid(X W_g)``, the paper's gate (its released code computes the gate scores in
+the bias-free query projection). ``identity_init=False`` keeps PyTorch's default ``nn.Linear`` initialisation
+(uniform in +-1/sqrt(hidden) for W_g and, with ``bias=True``, for b_g too) and no rescaling: scores in (0, 1).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ GATE_VARIANTS = ("headwise", "elementwise")
 class AttentionOutputGate(nn.Module):
     """Gate scores from the layer input: (batch, tokens, hidden) -> (batch, tokens, heads, 1 | head_dim).
 
-    ``identity_init=False`` is the paper's from-scratch form (random W_g, zero bias, scores in (0, 1));
-    ``identity_init=True`` starts every score at exactly 1 (see the module docstring).
+    ``identity_init=True`` starts every score at exactly 1 (W_g = 0, b_g = ``init_bias``, divided by
+    ``sigmoid(init_bias)``); ``identity_init=False`` keeps ``nn.Linear``'s random initial W_g and b_g and
+    gives scores in (0, 1). ``bias=False`` has no b_g (the paper's gate; ``init_bias`` must then be 0).
     """
 
     def __init__(
@@ -39,16 +44,20 @@ class AttentionOutputGate(nn.Module):
         variant: str = "headwise",
         identity_init: bool = False,
         init_bias: float = 0.0,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         if variant not in GATE_VARIANTS:
             raise ValueError(f"variant={variant!r} is not a gate variant; choose one of {GATE_VARIANTS}")
+        if not bias and init_bias != 0:
+            raise ValueError(f"init_bias={init_bias!r} needs a bias; pass bias=True or init_bias=0")
         self.variant, self.num_heads, self.head_dim = variant, num_heads, head_dim
-        self.proj = nn.Linear(hidden_size, num_heads * (head_dim if variant == "elementwise" else 1))
+        self.proj = nn.Linear(hidden_size, num_heads * (head_dim if variant == "elementwise" else 1), bias=bias)
         reference = torch.tensor(1.0)
         if identity_init:
             nn.init.zeros_(self.proj.weight)
-            nn.init.constant_(self.proj.bias, init_bias)
+            if bias:
+                nn.init.constant_(self.proj.bias, init_bias)
             reference = torch.sigmoid(torch.tensor(float(init_bias)))
         self.register_buffer("reference", reference)
 
@@ -116,12 +125,15 @@ def add_output_gates(
     layers: Iterable[int] | None = None,
     identity_init: bool = True,
     init_bias: float = 0.0,
+    bias: bool = True,
 ) -> GatePatch:
     """Put an :class:`AttentionOutputGate` before ``o_proj`` of the chosen attention layers (all by default).
 
     With ``identity_init`` (default) the patched model computes what the original does (exactly for
-    ``init_bias=0``). The gates are trainable and live on the model while the patch is active;
-    ``restore()`` removes them and puts the original projections back.
+    ``init_bias=0``, with or without ``bias``). ``identity_init=False`` keeps the gates' random ``nn.Linear``
+    initialisation (the model changes); ``bias=False`` is the paper's bias-free gate. The gates are trainable
+    and live on the model while the patch is active; ``restore()`` removes them and puts the original
+    projections back.
     """
     gates, replacements, handles = [], {}, []
     for layer in select_layers(model, layers):
@@ -134,6 +146,7 @@ def add_output_gates(
             variant,
             identity_init,
             init_bias,
+            bias,
         ).to(device=projection.weight.device, dtype=projection.weight.dtype)
         gated = GatedOutputProjection(projection, gate)
         pre_hook, post_hook = _hand_over_gate_input(gated)

@@ -11,9 +11,14 @@ Two branches per head, summed:
 * **sliding-window softmax attention** over the last ``window`` tokens plus ``sinks`` first tokens (Lizard's
   meta memory), with the blocked kernel of :mod:`attnctl.llm.sliding_window`.
 
-The branches are normalised separately and added; the decay is one scalar per head and step (the head-wise
-form of GLA's gate), which keeps every decay factor ``exp(L_t - L_s)`` of the cumulative log-decay L at most
-1.
+The branches are normalised separately and added, the linear one weighted per head by ``linear_scale``
+(``o = softmax_window + linear_scale_h * linear``). ``linear_scale`` starts at 0, so a freshly swapped layer
+is its sliding-window branch alone; where the window covers the input that branch runs the replaced module's
+own attention function, and :func:`apply_hybrid_attention` leaves the model's outputs unchanged bit for bit.
+On longer inputs the swap is sliding-window attention until the linear branch is trained: the hybrid is a
+model to fine-tune (Lizard first trains the feature maps and gates to match softmax attention, then
+fine-tunes the model), not a training-free swap. The decay is one scalar per head and step (the head-wise form
+of GLA's gate), which keeps every decay factor ``exp(L_t - L_s)`` of the cumulative log-decay L at most 1.
 
 Three equal forms of the linear branch: :func:`gated_linear_attention_reference` (quadratic, masked: the
 oracle), :func:`gated_linear_attention_chunked` (parallel, O(T * chunk)) and the recurrent
@@ -32,10 +37,18 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from attnctl.core.causal_windows import check_causal_window
+from attnctl.core.causal_windows import check_causal_window, covers_sequence
 
 from .attention import causal_keep_mask, repeat_kv_heads
-from .patching import AttentionPatch, parent_of, select_layers, swap_modules
+from .patching import (
+    SUPPORTED_IMPLEMENTATIONS,
+    AttentionFunction,
+    AttentionPatch,
+    parent_of,
+    select_layers,
+    stock_attention_function,
+    swap_modules,
+)
 from .sliding_window import sliding_window_attention
 
 EPS = 1e-6
@@ -143,8 +156,11 @@ class LizardAttention(nn.Module):
     """Lizard-style hybrid attention layer with transformers' attention signature and a recurrent ``step``.
 
     Build it standalone or from a pretrained attention module (:meth:`from_attention`, sharing its q/k/v/o
-    projections; new parameters are the feature map and the decay gate). ``forward`` returns
-    ``(output, None)`` like a transformers attention module; it takes unpadded batches only.
+    projections; new parameters are the feature map, the decay gate and ``linear_scale``, the per-head weight
+    of the linear branch, ``linear_init`` at first). ``forward`` returns ``(output, None)`` like a
+    transformers attention module; it takes unpadded batches only. ``stock_attention`` (set by
+    :meth:`from_attention`) is the replaced module's attention function, run whenever the window covers the
+    input.
     """
 
     def __init__(
@@ -159,6 +175,7 @@ class LizardAttention(nn.Module):
         gate_temperature: float = 16.0,
         gate_bias: float = 2.0,
         layer_idx: int = 0,
+        linear_init: float = 0.0,
     ) -> None:
         super().__init__()
         check_causal_window(window, sinks)
@@ -169,6 +186,8 @@ class LizardAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.window, self.sinks, self.chunk, self.gate_temperature = window, sinks, chunk, gate_temperature
         self.layer_idx, self.scaling = layer_idx, head_dim**-0.5
+        self.num_key_value_groups, self.is_causal = num_heads // num_kv_heads, True  # as stock functions read
+        self.stock_attention: AttentionFunction | None = None
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=False)
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
@@ -177,10 +196,14 @@ class LizardAttention(nn.Module):
         self.gate_proj = nn.Linear(hidden_size, num_heads)
         nn.init.zeros_(self.gate_proj.weight)
         nn.init.constant_(self.gate_proj.bias, gate_bias)
+        self.linear_scale = nn.Parameter(torch.full((num_heads,), float(linear_init)))
 
     @classmethod
-    def from_attention(cls, attention: nn.Module, num_heads: int, **kwargs) -> LizardAttention:
-        """A hybrid layer reusing a transformers attention module's projections (Lizard's linearisation)."""
+    def from_attention(
+        cls, attention: nn.Module, num_heads: int, implementation: str = "sdpa", **kwargs
+    ) -> LizardAttention:
+        """A hybrid layer reusing a transformers attention module's projections (Lizard's linearisation) and,
+        for inputs the window covers, its attention function under ``implementation``."""
         head_dim = attention.q_proj.out_features // num_heads
         layer = cls(
             attention.q_proj.in_features,
@@ -192,6 +215,7 @@ class LizardAttention(nn.Module):
         ).to(device=attention.q_proj.weight.device, dtype=attention.q_proj.weight.dtype)
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             setattr(layer, name, getattr(attention, name))
+        layer.stock_attention = stock_attention_function(attention, implementation)
         return layer
 
     def _project(self, hidden_states: torch.Tensor, position_embeddings) -> tuple[torch.Tensor, ...]:
@@ -221,11 +245,21 @@ class LizardAttention(nn.Module):
         if attention_mask is not None:
             _check_causal_only(attention_mask)
         query, key, value, log_decay = self._project(hidden_states, position_embeddings)
-        local = sliding_window_attention(query, key, value, self.window, self.sinks, scaling=self.scaling)
+        if self.stock_attention is not None and covers_sequence(key.shape[-2], self.window):
+            local, _ = self.stock_attention(
+                self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0
+            )  # (b, t, h, d): the replaced module's own computation
+        else:
+            local = sliding_window_attention(
+                query, key, value, self.window, self.sinks, scaling=self.scaling
+            ).transpose(1, 2)
         q_features, k_features, values = self._linear_inputs(query, key, value)
         glob = gated_linear_attention_chunked(q_features, k_features, values, log_decay, self.chunk)
-        out = (local + glob).transpose(1, 2).flatten(2)  # (b, t, h * d)
-        return self.o_proj(out), None
+        return self.o_proj(self._mix(local, glob)), None
+
+    def _mix(self, local: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        """local (b, t, h, d) + linear_scale_h * glob (b, h, t, d) -> (b, t, h * d), as ``o_proj`` takes it."""
+        return (local + self.linear_scale[:, None] * glob.transpose(1, 2)).flatten(2)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> LizardState:
         """An empty recurrent state for ``batch_size`` sequences."""
@@ -273,7 +307,7 @@ class LizardAttention(nn.Module):
         local = F.scaled_dot_product_attention(
             query, repeat_kv_heads(keys, groups), repeat_kv_heads(vals, groups), scale=self.scaling
         )
-        out = self.o_proj((local + glob).transpose(1, 2).flatten(2))[:, 0]
+        out = self.o_proj(self._mix(local.transpose(1, 2), glob))[:, 0]
         return out, LizardState(
             linear, norm, sink_keys, sink_values, window_keys, window_values, position + 1
         )
@@ -297,25 +331,40 @@ class HybridPatch(AttentionPatch):
         self.layers = layers
 
     def new_parameters(self) -> Iterator[nn.Parameter]:
-        """The parameters the hybrid layers add (feature maps and decay gates), not the shared projections."""
+        """The parameters the hybrid layers add (feature maps, decay gates, linear-branch weights), not the
+        shared projections."""
         for layer in self.layers:
             yield layer.feature_map
             yield from layer.gate_proj.parameters()
+            yield layer.linear_scale
 
 
 def apply_hybrid_attention(
     model: PreTrainedModel, window: int = 64, sinks: int = 4, layers: Iterable[int] | None = None, **kwargs
 ) -> HybridPatch:
     """Replace the chosen attention layers (all by default) by :class:`LizardAttention` layers sharing their
-    projections.
+    projections: a model to fine-tune (see the module docstring).
 
-    ``kwargs`` go to :class:`LizardAttention` (``chunk``, ``gate_temperature``, ``gate_bias``). Reversible.
+    The swapped model starts as the original wherever ``window`` covers the input (bit for bit, with the
+    default ``linear_init=0``) and as sliding-window attention with sinks beyond it. ``kwargs`` go to
+    :class:`LizardAttention` (``chunk``, ``gate_temperature``, ``gate_bias``, ``linear_init``). Reversible.
     """
     check_causal_window(window, sinks)
+    implementation = model.config._attn_implementation
+    if implementation not in SUPPORTED_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation={implementation!r} is not supported; use one of {SUPPORTED_IMPLEMENTATIONS} "
+            "(and restore other attnctl patches first)"
+        )
     hybrids, replacements = [], {}
     for layer in select_layers(model, layers):
         hybrid = LizardAttention.from_attention(
-            layer.module, model.config.num_attention_heads, window=window, sinks=sinks, **kwargs
+            layer.module,
+            model.config.num_attention_heads,
+            implementation,
+            window=window,
+            sinks=sinks,
+            **kwargs,
         )
         replacements[parent_of(model, layer.name)] = hybrid
         hybrids.append(hybrid)

@@ -4,7 +4,10 @@ An MQAR sequence starts with ``num_kv_pairs`` key-value pairs ``k1 v1 k2 v2 ...`
 once more as a query, and the model must output its value right there. Query positions are drawn with
 Zoology's power law (gap i has weight ``i ** (power_a - 1)``), so most queries come soon after the context and
 some much later; every other position holds a random filler token. Keys come from the lower half of the
-vocabulary and values from the upper half.
+vocabulary and values from the upper half. The generator and its checks follow Zoology's ``multiquery_ar``
+(``vocab_size > seq_len``, even ``seq_len``, ``4 * num_kv_pairs <= seq_len``) and so do the defaults
+(vocabulary 8192, 8 key-value pairs, ``power_a=0.01``): with a small vocabulary the filler repeats the context
+keys and makes the task harder than Zoology's.
 
 :func:`run_mqar` trains a tiny Llama of one attention variant from scratch on CPU and reports recall accuracy
 on held-out sequences; ``benchmarks/bench_llm_mqar.py`` sweeps it over sequence lengths and widths.
@@ -34,21 +37,39 @@ class MqarData:
     targets: torch.Tensor
 
 
-def make_mqar(
-    num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, power_a: float = 0.01, seed: int = 0
-) -> MqarData:
-    """Generate MQAR sequences (see the module docstring); deterministic for a given ``seed``."""
-    space = (seq_len - 2 * num_kv_pairs) // 2  # query slots: every other position after the context
-    if num_kv_pairs < 1 or space < num_kv_pairs:
+ZOOLOGY_VOCAB_SIZE = 8192
+ZOOLOGY_NUM_KV_PAIRS = 8
+
+
+def _check_mqar(seq_len: int, num_kv_pairs: int, vocab_size: int, power_a: float) -> None:
+    """Zoology's constraints on an MQAR setting, as ValueErrors naming the argument."""
+    if seq_len % 2:
+        raise ValueError(f"seq_len={seq_len} must be even (key-value and query slots come in pairs)")
+    if num_kv_pairs < 1 or 4 * num_kv_pairs > seq_len:
         raise ValueError(
-            f"seq_len={seq_len} leaves room for {max(space, 0)} queries after num_kv_pairs={num_kv_pairs} "
-            "pairs; "
-            f"use seq_len >= {4 * max(num_kv_pairs, 1)}"
+            f"seq_len={seq_len} leaves room for {max(seq_len // 2 - num_kv_pairs, 0)} queries after "
+            f"num_kv_pairs={num_kv_pairs} pairs; use num_kv_pairs >= 1 and seq_len >= {4 * max(num_kv_pairs, 1)}"
         )
-    if vocab_size // 2 - 1 < num_kv_pairs:
-        raise ValueError(f"vocab_size={vocab_size} is too small for {num_kv_pairs} distinct keys and values")
+    if vocab_size <= seq_len:
+        raise ValueError(
+            f"vocab_size={vocab_size} must exceed seq_len={seq_len} (as in Zoology; a small vocabulary makes "
+            f"the filler repeat the keys); Zoology's default is {ZOOLOGY_VOCAB_SIZE}"
+        )
     if not 0 < power_a <= 1:
         raise ValueError(f"power_a={power_a} must be in (0, 1] (1 = uniform query positions)")
+
+
+def make_mqar(
+    num_examples: int,
+    seq_len: int,
+    num_kv_pairs: int = ZOOLOGY_NUM_KV_PAIRS,
+    vocab_size: int = ZOOLOGY_VOCAB_SIZE,
+    power_a: float = 0.01,
+    seed: int = 0,
+) -> MqarData:
+    """Generate MQAR sequences (see the module docstring); deterministic for a given ``seed``."""
+    _check_mqar(seq_len, num_kv_pairs, vocab_size, power_a)
+    space = (seq_len - 2 * num_kv_pairs) // 2  # query slots: every other position after the context
     generator = torch.Generator().manual_seed(seed)
     half = vocab_size // 2
     keys = torch.rand(num_examples, half - 1, generator=generator).argsort(-1)[:, :num_kv_pairs] + 1
@@ -79,12 +100,16 @@ class MqarResult:
     seconds: float
 
 
-def apply_variant(model, variant: str, window: int, sinks: int):
-    """Turn a stock tiny Llama into ``variant``; returns the patch (None for plain attention)."""
+def _check_variant(variant: str) -> None:
     if variant not in MQAR_VARIANTS:
         raise ValueError(f"variant={variant!r} is not an MQAR variant; choose one of {MQAR_VARIANTS}")
+
+
+def apply_variant(model, variant: str, window: int, sinks: int):
+    """Turn a stock tiny Llama into ``variant``; returns the patch (None for plain attention)."""
+    _check_variant(variant)
     if variant.startswith("gated-"):
-        return add_output_gates(model, variant.removeprefix("gated-"), identity_init=False)
+        return add_output_gates(model, variant.removeprefix("gated-"), identity_init=False, bias=False)
     if variant == "sliding-window":
         return apply_sliding_window(model, window, sinks)
     if variant == "hybrid":
@@ -96,8 +121,8 @@ def run_mqar(
     variant: str,
     seq_len: int,
     width: int,
-    num_kv_pairs: int = 4,
-    vocab_size: int = 64,
+    num_kv_pairs: int = ZOOLOGY_NUM_KV_PAIRS,
+    vocab_size: int = ZOOLOGY_VOCAB_SIZE,
     steps: int = 1500,
     batch_size: int = 32,
     lr: float = 3e-3,
@@ -111,10 +136,12 @@ def run_mqar(
 ) -> MqarResult:
     """Train a ``num_layers``-layer Llama, hidden size ``width``, ``variant`` attention, on MQAR; test it.
 
-    All parameters train from scratch (gates with the paper's random init); windows hold ``window`` tokens
-    plus
-    ``sinks`` sink tokens. Accuracy is the share of held-out queries whose top prediction is the right value.
+    All parameters train from scratch (gates: the paper's bias-free form, random init; hybrid: its linear
+    branch weight starts at 0 and trains); windows hold ``window`` tokens plus ``sinks`` sink tokens. The
+    data follow Zoology's defaults (see the module docstring). Accuracy is the share of held-out queries
+    whose top prediction is the right value.
     """
+    _check_variant(variant)  # before the data: generating Zoology-sized sets takes seconds
     started = time.perf_counter()
     train_set = make_mqar(train_examples, seq_len, num_kv_pairs, vocab_size, seed=seed)
     test_set = make_mqar(test_examples, seq_len, num_kv_pairs, vocab_size, seed=seed + 10_000)

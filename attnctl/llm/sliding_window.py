@@ -10,6 +10,12 @@ is the 1-D causal case of the tile-and-key-rectangle scheme of :mod:`attnctl.cor
 :func:`apply_sliding_window` installs the kernel on a model's attention layers (reversibly). A layer whose
 window covers the whole sequence runs the model's stock attention function, so the patch is exactly the
 original model on inputs no longer than the window.
+
+Models whose config already sets ``sliding_window`` (Mistral; layers typed ``sliding_attention``) evict the
+first tokens from their rolling KV cache and mask them in the full forward pass, so attention sinks cannot be
+kept there: :func:`apply_sliding_window` refuses ``sinks > 0`` on such layers (with ``sinks=0`` the patch
+equals the native window, cached or not). Set ``model.config.sliding_window = None`` first to give the patch
+the whole cache; it then equals its own full forward pass under cached decoding.
 """
 
 from __future__ import annotations
@@ -154,15 +160,45 @@ def _window_route(window: int, sinks: int, block: int):
     return factory
 
 
+def native_sliding_window(config, layer_index: int) -> int | None:
+    """The window a transformers config gives layer ``layer_index`` natively (None for full attention).
+
+    Follows transformers' cache rule: ``layer_types`` when the config lists them, else ``sliding_window``.
+    """
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if window is None or (layer_types is not None and layer_types[layer_index] != "sliding_attention"):
+        return None
+    return window
+
+
+def _refuse_sinks_under_a_native_window(model: PreTrainedModel, layers, sinks: int) -> None:
+    if sinks == 0:
+        return
+    native = {layer.index: native_sliding_window(model.config, layer.index) for layer in layers}
+    windowed = {index: window for index, window in native.items() if window is not None}
+    if windowed:
+        raise ValueError(
+            f"sinks={sinks} on layers {sorted(windowed)}, which have a native sliding_window="
+            f"{next(iter(windowed.values()))}: their rolling KV cache drops the first tokens (and their mask "
+            "hides them), so sinks would silently change under cached decoding. Pass sinks=0, or set "
+            "model.config.sliding_window = None before applying the patch to keep every token in the cache"
+        )
+
+
 def apply_sliding_window(
     model: PreTrainedModel, window: int, sinks: int = 0, layers: Iterable[int] | None = None, block: int = 64
 ) -> AttentionPatch:
     """Make the chosen attention layers (all by default) causal sliding-window attention with ``sinks`` sinks.
 
     Training-free and reversible: use as a context manager or call ``restore()``. Positions (RoPE) are
-    unchanged; the KV cache still holds every key (the window limits compute, not the cache).
+    unchanged; the KV cache still holds every key (the window limits compute, not the cache), except on
+    layers with a native ``sliding_window``, whose rolling cache and mask stay in force (the effective window
+    is then the smaller of the two) and where ``sinks > 0`` is refused (see the module docstring).
     """
     check_causal_window(window, sinks)
     _check_block(block)
+    chosen = select_layers(model, layers)
+    _refuse_sinks_under_a_native_window(model, chosen, sinks)
     route = _window_route(window, sinks, block)
-    return route_attention(model, {layer.index: route for layer in select_layers(model, layers)})
+    return route_attention(model, {layer.index: route for layer in chosen})

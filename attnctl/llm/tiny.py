@@ -1,7 +1,8 @@
 """Tiny causal language models and a character tokenizer built offline from configs, for tests and demos.
 
-Every family the subpackage supports has a builder here: Llama and Qwen2 (dense, grouped-query attention) and
-Qwen2-MoE and Mixtral (mixture of experts). Weights are random (seeded); nothing is downloaded.
+Every family the subpackage supports has a builder here: Llama, Qwen2 and Mistral (dense, grouped-query
+attention; Mistral with its native ``sliding_window``) and Qwen2-MoE and Mixtral (mixture of experts).
+Weights are random (seeded); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-FAMILIES = ("llama", "qwen2", "qwen2_moe", "mixtral")
+FAMILIES = ("llama", "qwen2", "mistral", "qwen2_moe", "mixtral")
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 
@@ -37,6 +38,7 @@ def _config(
     max_positions: int,
     num_experts: int,
     experts_per_token: int,
+    sliding_window: int | None,
 ):
     common = dict(
         vocab_size=vocab_size,
@@ -60,6 +62,10 @@ def _config(
         from transformers import Qwen2Config
 
         return Qwen2Config(**common)
+    if family == "mistral":
+        from transformers import MistralConfig
+
+        return MistralConfig(**common, sliding_window=sliding_window)
     if family == "qwen2_moe":
         from transformers import Qwen2MoeConfig
 
@@ -88,11 +94,12 @@ def build_tiny_causal_lm(
     experts_per_token: int = 2,
     attn_implementation: str = "sdpa",
     seed: int = 0,
+    sliding_window: int | None = 16,
 ) -> PreTrainedModel:
     """A randomly initialised ``*ForCausalLM`` of ``family`` in eval mode (``use_cache`` off by default).
 
     ``vocab_size`` defaults to :func:`build_char_tokenizer`'s 99 ids; the MoE arguments only apply to
-    ``qwen2_moe`` and ``mixtral``.
+    ``qwen2_moe`` and ``mixtral``; ``sliding_window`` (the native window, None for none) only to ``mistral``.
     """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not supported; choose one of {FAMILIES}")
@@ -114,6 +121,7 @@ def build_tiny_causal_lm(
         max_positions,
         num_experts,
         experts_per_token,
+        sliding_window,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

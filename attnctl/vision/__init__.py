@@ -3,7 +3,9 @@ patches for Hugging Face ViT / CLIP vision towers (windowed attention for larger
 rollout).
 
 Grid modules take channels-last token grids (batch, H, W, dim); CrossViT takes (batch, 1 + tokens, dim).
-The patches import transformers, so they load lazily (``from attnctl.vision import windowed_attention``).
+The patches import transformers and neighbourhood attention imports :mod:`attnctl.core` (whose package
+loads diffusers), so both load lazily, on first use of their names: ``import attnctl.vision`` loads neither
+transformers nor diffusers.
 """
 
 from __future__ import annotations
@@ -17,20 +19,25 @@ from .crossvit import ClsCrossAttention, CrossViTFusion
 from .grid import FullGridAttention, GridSelfAttention
 from .halo import HaloAttention2d, halo_attention
 from .hilo import HiLoAttention
-from .neighborhood import NeighborhoodAttention2d, cls_window_attention, neighborhood_attention
 from .rollout import attention_rollout, cls_saliency
 
 _LAZY = {
-    name: "attnctl.vision.patches"
-    for name in (
-        "AttentionMaps",
-        "AttentionPatch",
-        "VisionTower",
-        "WindowedAttention",
-        "find_vision_tower",
-        "record_attention",
-        "windowed_attention",
-    )
+    **dict.fromkeys(
+        (
+            "AttentionMaps",
+            "AttentionPatch",
+            "VisionTower",
+            "WindowedAttention",
+            "find_vision_tower",
+            "record_attention",
+            "windowed_attention",
+        ),
+        "attnctl.vision.patches",
+    ),
+    **dict.fromkeys(
+        ("NeighborhoodAttention2d", "cls_window_attention", "neighborhood_attention"),
+        "attnctl.vision.neighborhood",
+    ),
 }
 
 __all__ = [
@@ -42,13 +49,10 @@ __all__ = [
     "GridSelfAttention",
     "HaloAttention2d",
     "HiLoAttention",
-    "NeighborhoodAttention2d",
     "attention_rollout",
     "bilevel_routing_attention",
     "cls_saliency",
-    "cls_window_attention",
     "halo_attention",
-    "neighborhood_attention",
     *_LAZY,
 ]
 

@@ -11,9 +11,18 @@ Attention", Sec. 3.2).
 Routing is hard and non-differentiable (the paper's default). With ``topk`` equal to the number of regions
 every query sees every key, so token attention is full attention (the gathered order does not change the
 softmax).
+
+:class:`BiLevelRoutingAttention` follows the BiFormer release's conventions by default, so its checkpoints
+load unchanged and reproduce: logits scaled by ``dim ** -0.5`` (the full channel width, not the head width;
+pass ``qk_scale=head_dim ** -0.5`` for the usual multi-head scaling), an LCE kernel of 5 (the released
+models' ``side_dwconv``), and the release's parameter names ``qkv.qkv``, ``lepe``, ``wo``. Not covered: the
+release's optional key/value down-sampling (its released models use none), learnable or soft routing, and
+its separate ``qk_dim``.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -59,8 +68,12 @@ def bilevel_routing_attention(
     grid: tuple[int, int],
     regions_per_side: int,
     topk: int,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """Eq. 2-4 without LCE: (batch, heads, H*W, head_dim) -> same; ``regions_per_side`` must divide H, W."""
+    """Eq. 2-4 without LCE: (batch, heads, H*W, head_dim) -> same; ``regions_per_side`` must divide H, W.
+
+    ``scale`` multiplies the token logits (None: 1/sqrt(head_dim)).
+    """
     _check_routing(regions_per_side, topk)
     check_divides("regions_per_side", regions_per_side, grid)
     size = _region_size(grid, regions_per_side)
@@ -74,7 +87,7 @@ def bilevel_routing_attention(
         source = to_blocks(x, grid, size)[:, :, None].expand(batch, heads, regions, regions, tokens, dim)
         return source.gather(3, gather_index).reshape(batch, heads, regions, topk * tokens, dim)
 
-    out = blockwise_sdpa(queries, gathered(key), gathered(value))
+    out = blockwise_sdpa(queries, gathered(key), gathered(value), scale=scale)
     return from_blocks(out, grid, size)
 
 
@@ -96,10 +109,11 @@ def bilevel_routing_attention_reference(
     grid: tuple[int, int],
     regions_per_side: int,
     topk: int,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Slow oracle for :func:`bilevel_routing_attention`: the same routing as a dense (H*W)^2 token mask."""
     index = route_regions(query, key, grid, regions_per_side, topk)
-    return naive_attention(query, key, value, routing_mask(index, grid, regions_per_side)[:, None])
+    return naive_attention(query, key, value, routing_mask(index, grid, regions_per_side)[:, None], scale)
 
 
 def _check_routing(regions_per_side: int, topk: int) -> None:
@@ -115,8 +129,9 @@ def _check_routing(regions_per_side: int, topk: int) -> None:
 class BiLevelRoutingAttention(nn.Module):
     """BiFormer's attention on a (batch, H, W, dim) grid with ``regions_per_side**2`` regions.
 
-    ``lce_kernel`` is the depthwise convolution size of LCE (odd; 0 turns LCE off, making the module pure
-    routed attention). ``regions_per_side`` must divide H and W.
+    ``lce_kernel`` is the depthwise convolution size of LCE (odd; 5 as in the released models; 0 turns LCE
+    off, making the module pure routed attention). ``qk_scale`` multiplies the token logits: None is the
+    release's ``dim ** -0.5``. ``regions_per_side`` must divide H and W.
     """
 
     def __init__(
@@ -125,8 +140,9 @@ class BiLevelRoutingAttention(nn.Module):
         num_heads: int,
         regions_per_side: int = 7,
         topk: int = 4,
-        lce_kernel: int = 3,
+        lce_kernel: int = 5,
         qkv_bias: bool = True,
+        qk_scale: float | None = None,
     ) -> None:
         super().__init__()
         check_positive("dim", dim)
@@ -136,12 +152,16 @@ class BiLevelRoutingAttention(nn.Module):
         if lce_kernel < 0 or (lce_kernel and lce_kernel % 2 == 0):
             raise ValueError(f"lce_kernel must be 0 (off) or an odd positive size, got {lce_kernel!r}")
         _check_routing(regions_per_side, topk)
+        if qk_scale is not None and not qk_scale > 0:
+            raise ValueError(f"qk_scale must be positive (or None for dim ** -0.5), got {qk_scale!r}")
         self.dim, self.num_heads, self.regions_per_side, self.topk = dim, num_heads, regions_per_side, topk
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.lce = (
+        self.scale = dim**-0.5 if qk_scale is None else qk_scale
+        # names as the release's state dicts: qkv.qkv (q, k, v along the outputs), lepe (LCE), wo (output)
+        self.qkv = nn.Sequential(OrderedDict(qkv=nn.Linear(dim, 3 * dim, bias=qkv_bias)))
+        self.lepe = (
             nn.Conv2d(dim, dim, lce_kernel, padding=lce_kernel // 2, groups=dim) if lce_kernel else None
         )
-        self.proj = nn.Linear(dim, dim)
+        self.wo = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, H, W, dim) -> (batch, H, W, dim)."""
@@ -153,8 +173,9 @@ class BiLevelRoutingAttention(nn.Module):
             grid,
             self.regions_per_side,
             self.topk,
+            self.scale,
         )
         out = merge_heads(out, grid)
-        if self.lce is not None:
-            out = out + self.lce(value.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.proj(out)
+        if self.lepe is not None:
+            out = out + self.lepe(value.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.wo(out)

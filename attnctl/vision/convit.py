@@ -5,11 +5,18 @@ Each head mixes content attention and positional attention with a learned gate (
 
     A_h = (1 - sigmoid(lambda_h)) softmax(Q_h K_h^T / sqrt(d)) + sigmoid(lambda_h) softmax(v_h^T r)
 
-where ``r_{qk} = (||delta||^2, delta_row, delta_col)`` with ``delta`` the key position minus the query
-position (eq. 5's relative encoding). The locality initialisation (Sec. 3, "Adaptive attention span") sets
-``v_h = alpha * (-1, 2 Delta_row, 2 Delta_col)`` so that head h attends around the offset ``Delta_h``:
-``v_h^T r = -alpha ||delta - Delta_h||^2 + const``. The centres form a ``sqrt(heads) x sqrt(heads)`` square;
-heads beyond that square start with uniform positional attention. The value projection starts as the identity.
+where ``r_{qk} = (delta_col, delta_row, ||delta||^2)`` with ``delta`` the key position minus the query
+position (eq. 5's relative encoding, channels in the ConViT release's order, so its ``pos_proj`` weights load
+unchanged). The locality initialisation (Sec. 3, "Adaptive attention span") sets
+``v_h = alpha * (2 Delta_col, 2 Delta_row, -1)`` so that head h attends around the offset ``Delta_h``:
+``v_h^T r = -alpha ||delta - Delta_h||^2 + const``. The centres form a ``sqrt(heads) x sqrt(heads)`` square
+in the release's head order (row offset fastest: head ``i + side * j`` is centred on row ``i``, column ``j``
+of the square). The value projection starts as the identity.
+
+Parameter names and shapes are the release's (``qk``, ``v``, ``proj``, ``pos_proj``, ``gating_param``).
+Remaining differences from the release: heads beyond the square start with zero ``pos_proj`` rows (uniform
+positional attention) where the release leaves small random weights; grids need not be square here; the
+module takes a (batch, H, W, dim) grid, the release (batch, H*W, dim) tokens of a square grid.
 """
 
 from __future__ import annotations
@@ -23,19 +30,20 @@ from .grid import check_grid, check_positive, merge_heads, split_heads
 
 
 def relative_positions(grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
-    """(H*W, H*W, 3) features ``(||delta||^2, delta_row, delta_col)``, delta = key minus query position."""
+    """(H*W, H*W, 3) features ``(delta_col, delta_row, ||delta||^2)``, delta = key minus query position."""
     rows = torch.arange(grid[0], device=device).repeat_interleave(grid[1]).float()
     cols = torch.arange(grid[1], device=device).repeat(grid[0]).float()
     delta_row = rows[None, :] - rows[:, None]  # (query, key)
     delta_col = cols[None, :] - cols[:, None]
-    return torch.stack([delta_row**2 + delta_col**2, delta_row, delta_col], dim=-1)
+    return torch.stack([delta_col, delta_row, delta_row**2 + delta_col**2], dim=-1)
 
 
 def local_centres(num_heads: int) -> list[tuple[float, float]]:
-    """Each head's attention centre ``Delta_h`` (row, col), on a square of ``floor(sqrt(heads))``-a-side."""
+    """Each head's attention centre ``Delta_h`` (row, col), on a square of ``floor(sqrt(heads))``-a-side, in
+    the release's head order (head ``i + side * j``: row ``i``, column ``j``)."""
     side = math.isqrt(num_heads)
     middle = (side - 1) / 2
-    return [(row - middle, col - middle) for row in range(side) for col in range(side)]
+    return [(row - middle, col - middle) for col in range(side) for row in range(side)]
 
 
 class GatedPositionalSelfAttention(nn.Module):
@@ -70,12 +78,12 @@ class GatedPositionalSelfAttention(nn.Module):
 
     @torch.no_grad()
     def locality_init(self, strength: float) -> None:
-        """Sec. 3: v_h = alpha (-1, 2 Delta_row, 2 Delta_col), zero bias, identity value projection."""
+        """Sec. 3: v_h = alpha (2 Delta_col, 2 Delta_row, -1), zero bias, identity value projection."""
         self.v.weight.copy_(torch.eye(self.dim))
         self.pos_proj.weight.zero_()
         self.pos_proj.bias.zero_()
         for head, (row, col) in enumerate(local_centres(self.num_heads)):
-            self.pos_proj.weight[head] = strength * torch.tensor([-1.0, 2 * row, 2 * col])
+            self.pos_proj.weight[head] = strength * torch.tensor([2 * col, 2 * row, -1.0])
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 4: the gated attention probabilities, (batch, H, W, dim) -> (batch, heads, H*W, H*W)."""

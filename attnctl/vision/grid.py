@@ -75,26 +75,37 @@ def from_blocks(x: torch.Tensor, grid: tuple[int, int], block: tuple[int, int]) 
 
 
 def blockwise_sdpa(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """SDPA per block, (batch, heads, blocks, n_q, d) with keys (batch, heads, blocks, n_k, d) -> like query.
 
     Runs as one 4-D call, (batch, heads*blocks, n, d): on CPU only 4-D unmasked inputs take the fused kernel;
     5-D inputs fall back to the math path, which materialises every block's logits. ``mask``: (blocks, 1, n_k)
-    boolean keep-mask or None.
+    boolean keep-mask or None; ``scale`` multiplies the logits (None: 1/sqrt(d)).
     """
     batch, heads, blocks = query.shape[:3]
     if mask is not None:
         mask = mask.repeat(heads, 1, 1)  # (heads*blocks, 1, n_k), heads outer as in flatten(1, 2)
-    out = F.scaled_dot_product_attention(query.flatten(1, 2), key.flatten(1, 2), value.flatten(1, 2), mask)
+    out = F.scaled_dot_product_attention(
+        query.flatten(1, 2), key.flatten(1, 2), value.flatten(1, 2), mask, scale=scale
+    )
     return out.view(batch, heads, blocks, *out.shape[-2:])
 
 
 def naive_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """The slow oracle: softmax(Q K^T / sqrt(d) + mask) V with explicit probabilities (boolean keep-mask)."""
-    logits = query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
+    """The slow oracle: softmax(Q K^T * scale + mask) V with explicit probabilities (boolean keep-mask);
+    ``scale`` defaults to 1/sqrt(d)."""
+    logits = query @ key.transpose(-1, -2) * (query.shape[-1] ** -0.5 if scale is None else scale)
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
     return logits.softmax(dim=-1) @ value

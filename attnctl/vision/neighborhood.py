@@ -8,7 +8,9 @@ FreeSwim's; a 2-D grid is the (H, W) case of the shared 1-3 axis geometry). The 
 ``tile x tile`` squares and attends each to the union of its windows with dense SDPA blocks, never an
 (H*W)^2 matrix.
 A kernel covering the grid is full attention. Even kernels are allowed (k//2 before, k//2 - 1 after); NATTEN
-allows odd ones only. Dilation is not supported.
+accepts even kernels too from version 0.21 (older versions: odd only), but whether it places the extra key
+on the same side is not tested here (NATTEN is not installed in this project's CI), so compare before
+mixing backends with even kernels. Dilation is not supported.
 """
 
 from __future__ import annotations

@@ -42,4 +42,4 @@ def test_every_tab_has_examples(served_app):
 
 def test_load_reports_both_models(client, tiny_sd_path, tiny_wan_path):
     status = client.predict(str(tiny_sd_path), str(tiny_wan_path), api_name="/load_models")
-    assert f"`{tiny_sd_path}` and `{tiny_wan_path}`" in status
+    assert f"`{tiny_sd_path}` (Stable Diffusion 1.x/2.x) and `{tiny_wan_path}` (Wan 2.1/2.2 text-to-video)" in status

@@ -128,3 +128,16 @@ def test_bad_input_is_a_message(client, tiny_sd_path, files, arguments, message)
     with pytest.raises(AppError) as caught:
         _compose(client, str(tiny_sd_path), background, subject, **arguments)
     assert message in str(caught.value)
+
+
+def test_a_16_bit_mask_upload_is_scaled_not_clipped(client, tiny_sd_path, files, tmp_path):
+    eight = np.asarray(Image.open(files["subject-mask"]).convert("L"))
+    sixteen = np.where(eight > 127, 65535, 200).astype(np.uint16)  # 200 / 65535 is black, not subject
+    Image.fromarray(sixteen).save(tmp_path / "mask16.png")
+    Image.fromarray(np.where(eight > 127, 255, 0).astype(np.uint8)).save(tmp_path / "mask8.png")
+    results = [
+        _compose(client, str(tiny_sd_path), _editor(files["background"]), _editor(files["subject"]),
+                 handle_file(str(tmp_path / name)), box="36, 20, 60, 44")[0]
+        for name in ("mask16.png", "mask8.png")
+    ]
+    assert np.array_equal(_pixels(results[0]), _pixels(results[1]))

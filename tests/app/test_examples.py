@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from attnctl.app.examples import composer_files, moving_circle_video, shapes_image, silhouette
@@ -32,3 +33,16 @@ def test_moving_circle_video_has_4k_plus_1_frames_moving_right(tmp_path):
     assert len(frames) == 9 and frames[0].size == (64, 64)
     centres = [np.nonzero(np.asarray(silhouette(frame)))[1].mean() for frame in frames]
     assert all(later > earlier for earlier, later in zip(centres, centres[1:]))
+
+
+def test_default_example_folder_is_private_to_this_process():
+    import os
+    import stat
+    import tempfile
+
+    from attnctl.app.examples import example_folder
+
+    folder = Path(composer_files()["background"]).parent
+    assert folder == example_folder() and folder.parent == Path(tempfile.gettempdir())
+    assert folder.name.startswith("attnctl-ui-examples-") and folder.name != "attnctl-ui-examples"
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700 and not folder.is_symlink()

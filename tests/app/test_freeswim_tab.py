@@ -42,7 +42,7 @@ def test_an_uploaded_video_is_upscaled_and_shown_as_the_native_stage(client, tin
     ("arguments", "message"),
     [
         ({"model": ""}, "Video model is empty: FreeSwim needs a Wan text-to-video model"),
-        ({"sizes": (40, 48, 32, 32)}, "height=40 must be a positive multiple of 16"),
+        ({"sizes": (40, 48, 32, 32)}, "height=40 is invalid: expected a multiple of 16"),
         ({"frames": 6}, "num_frames=6 must be 4k+1"),
         ({"prompt": " "}, "Prompt is empty"),
     ],

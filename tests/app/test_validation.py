@@ -41,8 +41,9 @@ def test_seeded_generator_is_reproducible_and_checked():
     assert torch.equal(
         torch.randn(4, generator=seeded_generator(7)), torch.randn(4, generator=seeded_generator(7))
     )
-    with pytest.raises(gr.Error, match="Seed is -1"):
+    with pytest.raises(gr.Error, match="Seed=-1 is invalid: expected a whole number from 0 to 9223372036854775807"):
         seeded_generator(-1)
+    seeded_generator(2**63 - 1)  # the CLI's largest seed, as a manifest records it
 
 
 def test_user_errors_shows_value_errors_and_lets_bugs_through():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from attnctl.batch.fields import FIELDS, parse_size, validate_field
+from attnctl.batch.fields import FIELDS, validate_field
 from attnctl.batch.jobs import parse_lines, read_job_file
 
 
@@ -108,7 +108,7 @@ def test_valid_field_values_are_normalised(name, value, expected):
         ("steps", 2.5, "steps=2.5"),
         ("guidance", float("nan"), "guidance=nan"),
         ("struct_mode", "both", "struct_mode='both'"),
-        ("phrases", "a red car", "list of non-empty strings"),
+        ("phrases", "a red car", "a list of strings, e.g. [.a red car.], not one string"),
         ("boxes", [[5, 0, 1, 8]], "boxes[0]"),
         ("strength", 0, "strength=0"),
         ("prompt", "   ", "non-empty string"),
@@ -119,10 +119,10 @@ def test_invalid_field_values_name_the_field_and_the_fix(name, value, message):
         validate_field(name, value)
 
 
-def test_parse_size_multiple_is_configurable():
-    assert parse_size("native_size", "480x832", multiple=16) == (480, 832)
+def test_native_size_is_a_multiple_of_16():
+    assert validate_field("native_size", "480x832") == (480, 832)
     with pytest.raises(ValueError, match="multiples of 16"):
-        parse_size("native_size", 72, multiple=16)
+        validate_field("native_size", 72)
 
 
 def test_every_field_has_help_and_geneval_lines_parse_as_jobs(tmp_path):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import PIL.Image
 import pytest
 
 from attnctl.batch.fields import FIELDS
-from attnctl.batch.methods import METHODS, Converter, Method, MethodUnavailable
+from attnctl.batch.methods import METHODS, Converter, MethodSpec, MethodUnavailable
+from attnctl.checks import mask_array
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -22,7 +24,10 @@ def test_every_method_reads_known_fields_and_matches_its_pipeline_once_installed
 
 
 def test_missing_module_and_signature_drift_are_clear_errors():
-    ghost = Method("ghost", "attnctl.pipelines.no_such_module", "Ghost", "image", "")
+    def no_such_module() -> type:
+        from attnctl.pipelines import no_such_module  # noqa: F401 (the import is what fails)
+
+    ghost = MethodSpec("ghost", "Ghost", no_such_module, "image", "")
     with pytest.raises(MethodUnavailable, match="--method ghost is not available .*no_such_module"):
         ghost.pipeline_class()
 
@@ -40,9 +45,13 @@ def test_call_kwargs_map_and_convert_fields(tmp_path):
         "prompt": "a", "num_inference_steps": 3, "guidance_scale": 2.0, "width": 96, "height": 64,
     }
     assert METHODS["structured"].call_kwargs(fields)["phrases"] == ["a"]
-    PIL.Image.new("RGBA", (8, 8)).save(tmp_path / "mask.png")
+    PIL.Image.fromarray(np.full((8, 8), 200, np.uint16)).save(tmp_path / "mask.png")  # 16-bit, nearly black
     loaded = Converter(("subject_mask",), METHODS["compose"].converters["subject_mask"].convert)(str(tmp_path / "mask.png"))
-    assert loaded["subject_mask"].mode == "L"
+    assert loaded["subject_mask"].mode == "I;16"  # loaded as stored: the pipeline scales 16 bits, never clips
+    assert not (mask_array("subject_mask", loaded["subject_mask"]) >= 0.5).any()
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="subject_mask=.*notes.txt' is invalid: expected an image file"):
+        METHODS["compose"].call_kwargs({"prompt": "a", "subject_mask": str(tmp_path / "notes.txt")})
 
 
 def test_cpu_offload_adds_the_methods_memory_saving_arguments():

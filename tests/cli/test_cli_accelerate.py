@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 from cli_helpers import manifest, output_files, pixels
 
@@ -27,7 +26,7 @@ def test_accelerate_launch_two_processes_make_each_item_exactly_once(tmp_path, t
     # --multi_gpu makes accelerate start N processes (torchrun); with no GPU attnctl joins them as a gloo CPU
     # group. (`--cpu --num_processes 2` starts a single process in accelerate 1.x unless MPI is installed.)
     launcher = [
-        str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()), "-m", "attnctl",
     ]

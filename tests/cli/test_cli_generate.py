@@ -169,8 +169,12 @@ def test_a_prompt_file_without_prompts_is_a_usage_error(tmp_path, capsys):
 
 def test_unavailable_method_fails_each_item_with_a_clear_reason(tmp_path, tiny_sd_path, capsys, monkeypatch):
     from attnctl.batch import methods
+    from attnctl.spec import MethodSpec
 
-    ghost = methods.Method("regional", "attnctl.pipelines.not_written_yet", "Ghost", "image", "")
+    def not_written_yet() -> type:
+        from attnctl.pipelines import not_written_yet  # noqa: F401 (the import is what fails)
+
+    ghost = MethodSpec("regional", "Ghost", not_written_yet, "image", "")
     monkeypatch.setitem(methods.METHODS, "regional", ghost)
     code = main(["generate", "--method", "regional", "--model", str(tiny_sd_path), "--prompt", "a", "--prompt", "b",
                  "--out", str(tmp_path / "o")])

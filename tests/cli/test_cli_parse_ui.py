@@ -57,13 +57,20 @@ def test_ui_subcommand_validates_its_options_in_a_subprocess():
 
 
 def test_ui_calls_the_apps_launch_or_explains_its_absence(tiny_sd_path, monkeypatch, capsys):
+    from attnctl.app import limits
+
     calls = []
     app = types.ModuleType("attnctl.app")  # stands in for the Gradio app, which has its own tests
     app.launch = lambda **kwargs: calls.append(kwargs)
     monkeypatch.setitem(sys.modules, "attnctl.app", app)
-    assert main(["ui", "--model", str(tiny_sd_path), "--port", "7999", "--share"]) == 0
-    assert calls == [{"model": str(tiny_sd_path), "host": "127.0.0.1", "port": 7999, "share": True}]
-    assert main(["ui"]) == 0 and calls[-1] == {"model": None, "host": "127.0.0.1", "port": None, "share": False}
+    monkeypatch.setitem(sys.modules, "attnctl.app.limits", limits)
+    assert main(["ui", "--model", str(tiny_sd_path), "--port", "7999", "--share", "--max-steps", "20"]) == 0
+    assert calls == [{"model": str(tiny_sd_path), "host": "127.0.0.1", "port": 7999, "share": True,
+                      "limits": limits.Limits(max_steps=20)}]
+    assert main(["ui"]) == 0
+    assert calls[-1] == {"model": None, "host": "127.0.0.1", "port": None, "share": False, "limits": limits.Limits()}
+    assert main(["ui", "--max-pixels", "0"]) == 2
+    assert "max_pixels=0 is invalid: expected a whole number >= 1" in capsys.readouterr().err
 
     del app.launch
     assert main(["ui", "--model", str(tiny_sd_path)]) == 2

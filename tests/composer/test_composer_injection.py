@@ -16,7 +16,7 @@ from attnctl.composer import (
     all_rows,
     inject_logits,
 )
-from attnctl.core import AttentionCall, AttentionController, ControlledAttnProcessor, LayerInfo
+from attnctl.core import AttentionCall, AttentionController, ControlledAttnProcessor, LayerInfo, RunState
 from attnctl.models.tiny import build_tiny_sd_components
 
 
@@ -75,9 +75,7 @@ def _layout(reference_cells, target_cells, grid=(4, 4)):
 
 
 def _attention_call(batch, branch):
-    controller = AttentionController()
-    controller.branch = branch
-    return AttentionCall(SELF, None, controller, batch, 16, (4, 4))
+    return AttentionCall(SELF, None, RunState(branch=branch), batch, 16, (4, 4))
 
 
 def test_generator_injection_changes_only_the_conditional_rows():
@@ -108,8 +106,8 @@ def _self_attention():
 def _record(attn, hidden, layout, from_composite):
     maps = CorrelationMaps()
     controller = AttentionController([CorrelationRecorder(lambda grid: layout, maps, from_composite)])
-    controller.branch = CORRELATION
-    out = ControlledAttnProcessor(controller, SELF)(attn, hidden)
+    with controller.declared(branch=CORRELATION):
+        out = ControlledAttnProcessor(controller, SELF)(attn, hidden)
     return out, maps.logits[SELF.name]
 
 
@@ -150,8 +148,8 @@ def test_recorder_falls_back_to_the_reference_box_when_the_subject_misses_the_gr
                        torch.tensor([], dtype=torch.long))
     maps = CorrelationMaps({SELF.name: torch.zeros(1)})
     controller = AttentionController([CorrelationRecorder(lambda grid: empty, maps, False)])
-    controller.branch = CORRELATION
-    out = ControlledAttnProcessor(controller, SELF)(attn, hidden)
+    with controller.declared(branch=CORRELATION):
+        out = ControlledAttnProcessor(controller, SELF)(attn, hidden)
     query, key, value = _project(attn, hidden)
     box = torch.tensor([5, 6, 9, 10])
     attended = (query[0] @ key[0, :, box].transpose(-1, -2) / 2.0).softmax(-1) @ value[0, :, box]
@@ -166,8 +164,8 @@ def test_inactive_controls_equal_the_stock_processor():
     maps = CorrelationMaps()
     controller = AttentionController([CorrelationRecorder(lambda grid: layout, maps, True),
                                       SubjectInjection(lambda grid: layout, maps)])
-    controller.branch = GENERATOR
-    assert torch.equal(ControlledAttnProcessor(controller, SELF)(attn, hidden), AttnProcessor2_0()(attn, hidden))
+    with controller.declared(branch=GENERATOR):
+        assert torch.equal(ControlledAttnProcessor(controller, SELF)(attn, hidden), AttnProcessor2_0()(attn, hidden))
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +182,7 @@ def test_unet_with_empty_subject_injection_equals_stock_exactly(unet):
                                                          torch.tensor([], dtype=torch.long)), CorrelationMaps())
     injection.active = True
     controller = AttentionController([injection])
-    with controller.installed(unet):
-        controller.branch = GENERATOR
+    with controller.installed(unet), controller.declared(branch=GENERATOR):
         assert torch.equal(unet(sample, 500, context).sample, stock)
 
 
@@ -205,10 +202,11 @@ def test_unet_correlation_then_injection_changes_only_the_conditional_half(unet)
     controller = AttentionController([CorrelationRecorder(layout_at, maps, False), injection])
     stock = unet(sample, 500, context).sample
     with controller.installed(unet):
-        controller.branch = CORRELATION
-        unet(sample[1:], 500, context[1:])
+        with controller.declared(branch=CORRELATION):
+            unet(sample[1:], 500, context[1:])
         assert set(maps.logits) == {name for name in unet.attn_processors if ".attn1." in name}
-        controller.branch, injection.active = GENERATOR, True
-        injected = unet(sample, 500, context).sample
+        injection.active = True
+        with controller.declared(branch=GENERATOR):
+            injected = unet(sample, 500, context).sample
     torch.testing.assert_close(injected[0], stock[0], rtol=1e-4, atol=1e-5)  # explicit softmax vs SDPA only
     assert (injected[1] - stock[1]).abs().max() > 1e-3

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnctl.composer import RegionConstrainedCrossAttention, TokenRegion, conditional_half, rca_keep_mask
-from attnctl.core import AttentionCall, AttentionController, LayerInfo, attend
+from attnctl.core import AttentionCall, AttentionController, LayerInfo, RunState, attend
 from attnctl.models.tiny import build_tiny_sd_components
 
 CROSS = LayerInfo("down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor", True, "down", 0, 1)
@@ -16,9 +16,7 @@ INSIDE = torch.tensor([[True, False], [False, False]])  # on a 2x2 grid: query 0
 
 
 def _call(batch: int, grid=(2, 2), branch=None) -> AttentionCall:
-    controller = AttentionController()
-    controller.branch = branch
-    return AttentionCall(CROSS, None, controller, batch, grid[0] * grid[1], grid)
+    return AttentionCall(CROSS, None, RunState(branch=branch), batch, grid[0] * grid[1], grid)
 
 
 def _rca(tokens=(2,), region=INSIDE, **kwargs) -> RegionConstrainedCrossAttention:
@@ -75,7 +73,7 @@ def test_the_control_only_acts_on_cross_attention_of_its_branch():
     rca = _rca(branch="generator")
     assert rca.applies_to(_call(1, branch="generator"))
     assert not rca.applies_to(_call(1, branch="correlation"))
-    self_call = AttentionCall(LayerInfo("x.attn1.processor", False, "down", 0, 0), None, AttentionController(), 1,
+    self_call = AttentionCall(LayerInfo("x.attn1.processor", False, "down", 0, 0), None, RunState(), 1,
                               4, (2, 2))
     assert not rca.applies_to(self_call)
     with pytest.raises(ValueError, match="must be >= 1"):

@@ -8,8 +8,8 @@ import torch
 from attnctl.core import (
     AttentionCall,
     AttentionControl,
-    AttentionController,
     LayerInfo,
+    RunState,
     attend,
     combine_masks,
     sdpa,
@@ -17,7 +17,7 @@ from attnctl.core import (
 
 
 def _call(batch=2):
-    return AttentionCall(LayerInfo("x.attn2.processor", True, "other", -1, 0), None, AttentionController(), batch,
+    return AttentionCall(LayerInfo("x.attn2.processor", True, "other", -1, 0), None, RunState(), batch,
                          5, None)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import PIL.Image
 import pytest
 import torch
-from attnctl.pipelines.freeswim import upscale_video
+from attnctl.pipelines.freeswim import RELEASE_FLOW_SHIFT, upscale_video
 from diffusers import UniPCMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -49,7 +49,7 @@ def uncached_reference(pipe, steps, seed=0):
     mean = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1)
     clean = (pipe.vae.encode(video).latent_dist.mode() - mean) / std
-    scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+    scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=RELEASE_FLOW_SHIFT)
     scheduler.set_timesteps(steps)
     scheduler.set_begin_index(0)
     timesteps = scheduler.timesteps

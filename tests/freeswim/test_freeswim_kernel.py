@@ -247,3 +247,27 @@ def test_bad_input_raises_value_errors(kwargs, message):
     arguments = dict(grid=grid, window=(None, 5, 7)) | kwargs
     with pytest.raises(ValueError, match=message):
         window_attention(query, key, value, **arguments)
+
+
+def test_reused_scratch_buffers_never_leak_between_calls_or_threads():
+    """The CPU band and query copies live in per-thread buffers reused across calls: interleaved grids, dtypes and
+    threads must each still match the oracle."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [CASES[0], CASES[2], CASES[0], CASES[6]]
+
+    def run(case):
+        grid, window, tile = case
+        query, key, value = qkv(grid, seed=len(grid))
+        out = window_attention(query, key, value, grid, window, backend="tiled", tile=tile)
+        return out, naive_masked_softmax(query, key, value, grid, window)
+
+    for out, expected in map(run, cases):
+        torch.testing.assert_close(out, expected, atol=TOLERANCE, rtol=0)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for out, expected in pool.map(run, cases * 2):
+            torch.testing.assert_close(out, expected, atol=TOLERANCE, rtol=0)
+    grid, window, tile = CASES[0]
+    query, key, value = (t.double() for t in qkv(grid))
+    out = window_attention(query, key, value, grid, window, backend="tiled", tile=tile)
+    torch.testing.assert_close(out, naive_masked_softmax(query, key, value, grid, window), atol=1e-12, rtol=0)

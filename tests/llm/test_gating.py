@@ -25,6 +25,31 @@ def test_open_gate_is_bit_exact_plain_attention(family, variant):
         assert torch.equal(model(IDS).logits, stock)
 
 
+@pytest.mark.parametrize("variant", ["headwise", "elementwise"])
+def test_bias_free_gate_is_the_papers_form_and_starts_open(variant):
+    model = build_tiny_causal_lm("llama")
+    with torch.no_grad():
+        stock = model(IDS).logits
+        with add_output_gates(model, variant, bias=False) as patch:
+            assert all(gate.proj.bias is None for gate in patch.gates)
+            assert torch.equal(model(IDS).logits, stock)
+    gate = AttentionOutputGate(32, 4, 8, variant, bias=False)
+    hidden = torch.randn(2, 3, 32)
+    expected = torch.sigmoid(hidden @ gate.proj.weight.T)  # sigmoid(X W_g), no b_g
+    torch.testing.assert_close(gate(hidden), expected.view(2, 3, 4, -1), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="init_bias=1.0"):
+        AttentionOutputGate(32, 4, 8, variant, identity_init=True, init_bias=1.0, bias=False)
+
+
+def test_random_init_keeps_the_linear_layers_default_weights_and_bias():
+    torch.manual_seed(7)
+    gate = AttentionOutputGate(32, 4, 8, "headwise", identity_init=False)
+    torch.manual_seed(7)
+    default = torch.nn.Linear(32, 4)
+    assert torch.equal(gate.proj.weight, default.weight) and torch.equal(gate.proj.bias, default.bias)
+    assert gate.reference.item() == 1.0  # scores are not rescaled: sigmoid(X W_g + b_g) in (0, 1)
+
+
 def test_other_initial_biases_start_within_one_rounding():
     model = build_tiny_causal_lm("llama")
     with torch.no_grad():

@@ -54,7 +54,7 @@ def rope(tokens, dim, dtype=torch.float64):
 @pytest.mark.parametrize(("window", "sinks", "kv_heads"), [(6, 2, 2), (1, 0, 4), (3, 5, 1), (64, 2, 2)])
 def test_recurrent_form_equals_the_parallel_form(window, sinks, kv_heads):
     torch.manual_seed(0)
-    layer = LizardAttention(32, 4, kv_heads, window=window, sinks=sinks, chunk=8).double()
+    layer = LizardAttention(32, 4, kv_heads, window=window, sinks=sinks, chunk=8, linear_init=0.7).double()
     with torch.no_grad():
         layer.gate_proj.weight.normal_(std=0.5)  # data-dependent decay, not just the bias
     hidden = torch.randn(2, 30, 32, dtype=torch.float64)
@@ -84,7 +84,7 @@ def test_hybrid_patch_replaces_and_restores_attention():
             assert attention.q_proj is patch.layers[0].q_proj
             hybrid = model(ids).logits
             assert hybrid.shape == stock.shape and torch.isfinite(hybrid).all()
-            assert sum(p.numel() for p in patch.new_parameters()) == 2 * (4 * 8 * 8 + 32 * 4 + 4)
+            assert sum(p.numel() for p in patch.new_parameters()) == 2 * (4 * 8 * 8 + 32 * 4 + 4 + 4)
         assert type(model.model.layers[0].self_attn).__name__ == "LlamaAttention"
         assert torch.equal(model(ids).logits, stock)
 
@@ -106,3 +106,37 @@ def test_bad_arguments_raise():
     q, k, v, g = linear_inputs(tokens=4)
     with pytest.raises(ValueError, match="chunk=0"):
         gated_linear_attention_chunked(q, k, v, g, chunk=0)
+
+
+@pytest.mark.parametrize(("family", "implementation"), [("llama", "sdpa"), ("qwen2", "eager"), ("mixtral", "sdpa")])
+def test_swap_is_the_original_model_while_the_window_covers_the_input(family, implementation):
+    """``linear_scale`` starts at 0 and a covering window runs the stock attention: logits equal bit for bit."""
+    model = build_tiny_causal_lm(family, attn_implementation=implementation)
+    ids = torch.randint(4, 99, (2, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        stock = model(ids).logits
+        with apply_hybrid_attention(model, window=24, sinks=2) as patch:
+            assert torch.equal(model(ids).logits, stock)
+            for layer in patch.layers:
+                layer.linear_scale.fill_(1.0)  # once trained, the linear branch adds global context
+            assert (model(ids).logits - stock).abs().max() > 1e-3
+
+
+def test_swap_beyond_the_window_is_sliding_window_attention_until_trained():
+    from attnctl.llm.sliding_window import apply_sliding_window
+
+    model = build_tiny_causal_lm("llama")
+    ids = torch.randint(4, 99, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        with apply_sliding_window(model, 8, sinks=2):
+            windowed = model(ids).logits
+        with apply_hybrid_attention(model, window=8, sinks=2):
+            torch.testing.assert_close(model(ids).logits, windowed, rtol=0, atol=1e-6)
+
+
+def test_hybrid_refuses_a_model_under_another_patch():
+    from attnctl.llm.sliding_window import apply_sliding_window
+
+    model = build_tiny_causal_lm("llama")
+    with apply_sliding_window(model, 8), pytest.raises(ValueError, match="attn_implementation='attnctl'"):
+        apply_hybrid_attention(model, window=8)

@@ -143,3 +143,41 @@ def test_only_the_chosen_layers_change_and_restore_puts_everything_back():
         assert torch.equal(model(ids).logits, stock)
     assert not torch.equal(last_only, stock)
     assert model.config._attn_implementation == "sdpa"
+
+
+def _cached_and_full_logits(model, window, sinks, prompt=12, new=14):
+    """Greedy ``generate`` with a KV cache under the patch, and the full patched forward over its output."""
+    ids = torch.randint(4, 99, (2, prompt), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(), apply_sliding_window(model, window, sinks=sinks, block=8):
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+            use_cache=True, output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+        )
+        full = model(out.sequences).logits
+    return torch.stack(out.logits, dim=1), full[:, prompt - 1 : prompt - 1 + new]
+
+
+@pytest.mark.parametrize("window", [4, 12])
+def test_native_sliding_window_model_decodes_exactly_without_sinks(window):
+    """Mistral's rolling cache (native window 8) keeps the last 7 tokens: 26 tokens overflow it."""
+    model = build_tiny_causal_lm("mistral", sliding_window=8)
+    cached, full = _cached_and_full_logits(model, window, sinks=0)
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+
+
+def test_sinks_on_a_native_sliding_window_are_refused_and_the_documented_fix_is_exact():
+    model = build_tiny_causal_lm("mistral", sliding_window=8)
+    with pytest.raises(ValueError, match=r"sinks=2 on layers \[0, 1\].*sliding_window=8"):
+        apply_sliding_window(model, 4, sinks=2)
+    assert model.config._attn_implementation == "sdpa"  # nothing was installed
+    with pytest.raises(ValueError, match=r"sinks=2 on layers \[1\]"):
+        apply_sliding_window(model, 4, sinks=2, layers=[1])
+    model.config.sliding_window = None  # the cache keeps every token: the sinks stay in it
+    cached, full = _cached_and_full_logits(model, 4, sinks=2)
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+    ids = torch.randint(4, 99, (1, 26), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():  # the sinks are really attended: they change the output
+        with apply_sliding_window(model, 4, sinks=2):
+            with_sinks = model(ids).logits
+        with apply_sliding_window(model, 4):
+            assert (model(ids).logits - with_sinks).abs().max() > 1e-3

@@ -1,16 +1,55 @@
-"""RegionalDiffusionPipeline: stock when unconstrained, regions change the result, errors, save/load."""
+"""RegionalDiffusionPipeline: the pipeline contract on every family, then what is specific to regions."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from contract import OnFlux, OnPixArt, OnSD, OnSD3, OnSD35, OnSDXL, StockContract
 from diffusers import StableDiffusionPipeline
 
 from attnctl import RegionalDiffusionPipeline
 from attnctl.composer import box_cells
 
 PROMPT = "a red car next to a blue bird"
+BAD_REGIONS = [
+    ([("green frog", (0, 0, 1, 1))], "'green frog' does not occur in prompt"),
+    ([("red car", (0.5, 0, 0.5, 1))], r"regions\[0\] box .* is empty or outside the image"),
+    ([("red car", (0, 0, 1.2, 1))], "outside the image"),
+]
+
+
+class RegionalContract(StockContract):
+    pipeline_class = RegionalDiffusionPipeline
+    prompt = PROMPT
+    prompts = [PROMPT, PROMPT]  # phrases are located in every prompt of a batch
+    control_on = {"regions": [("red car", (0.0, 0.0, 0.5, 1.0)), ("blue bird", (0.5, 0.0, 1.0, 0.5))]}
+    control_off = {"regions": None}
+    bad_arguments = [(dict(regions=regions), message) for regions, message in BAD_REGIONS]
+
+
+class TestRegionalSD(OnSD, RegionalContract):
+    pass
+
+
+class TestRegionalSDXL(OnSDXL, RegionalContract):
+    pass
+
+
+class TestRegionalSD3(OnSD3, RegionalContract):
+    pass
+
+
+class TestRegionalSD35(OnSD35, RegionalContract):
+    pass
+
+
+class TestRegionalFlux(OnFlux, RegionalContract):
+    pass
+
+
+class TestRegionalPixArt(OnPixArt, RegionalContract):
+    pass
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +92,18 @@ def test_box_cells_cover_every_overlapped_cell_and_never_vanish():
     assert box_cells((0.1, 0.1, 0.12, 0.12), (2, 2)).sum() == 1
 
 
-@pytest.mark.parametrize(
-    ("regions", "message"),
-    [
-        ([("green frog", (0, 0, 1, 1))], "'green frog' does not occur in prompt"),
-        ([("red car", (0.5, 0, 0.5, 1))], r"regions\[0\] box .* is empty or outside the image"),
-        ([("red car", (0, 0, 1.2, 1))], "outside the image"),
-        ([([0, 2], (0, 0, 1, 1))], r"regions\[0\]=\[0, 2\] must be non-empty positions"),
-    ],
-)
-def test_bad_regions_raise(pipe, regions, message):
-    with pytest.raises(ValueError, match=message):
-        _run(pipe, regions=regions)
+def test_explicit_positions_cannot_name_the_start_token(pipe):
+    with pytest.raises(ValueError, match=r"regions\[0\]=\[0, 2\] must be non-empty positions in \[1, 76\]"):
+        _run(pipe, regions=[([0, 2], (0, 0, 1, 1))])
 
 
-def test_save_load_round_trip(pipe, tmp_path):
-    regions = [("red car", (0.0, 0.2, 0.5, 1.0))]
-    pipe.save_pretrained(tmp_path / "regional")
-    reloaded = RegionalDiffusionPipeline.from_pretrained(tmp_path / "regional")
-    reloaded.set_progress_bar_config(disable=True)
-    assert np.array_equal(_run(reloaded, regions=regions).images, _run(pipe, regions=regions).images)
+def test_t5_positions_start_at_the_first_word(tiny_pixart_path, tiny_flux_path):
+    for path in (tiny_pixart_path, tiny_flux_path):
+        pipe = RegionalDiffusionPipeline.from_pretrained(path)
+        assert pipe.region_tokens(PROMPT, [("a red car", (0, 0, 1, 1)), ("blue bird", (0, 0, 1, 1))]) == [
+            [0, 1, 2], [6, 7]]
+
+
+def test_sd3_phrases_sit_in_the_clip_rows_and_in_the_t5_rows(tiny_sd3_path):
+    pipe = RegionalDiffusionPipeline.from_pretrained(tiny_sd3_path)
+    assert pipe.region_tokens(PROMPT, [("blue bird", (0, 0, 1, 1))]) == [[7, 8, 77 + 6, 77 + 7]]

@@ -1,15 +1,54 @@
-"""StructuredDiffusionPipeline end to end on the tiny offline model."""
+"""StructuredDiffusionPipeline: the pipeline contract on every family, then what is specific to the method."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from contract import T5_CALL, OnFlux, OnPixArt, OnSD, OnSD3, OnSD35, OnSDXL, StockContract
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from attnctl import StructuredDiffusionPipeline
 
 PROMPT = "a red car and a blue bench"
+STRUCTURED_BAD_ARGUMENTS = [
+    (dict(prompt="   "), "is empty"),
+    (dict(prompt=""), "is empty"),
+    (dict(struct_mode="both"), "struct_mode='both'"),
+    (dict(phrases=["a green dog"]), "does not occur in the prompt"),
+    (dict(prompt=[PROMPT, PROMPT], phrases=[["a red car"]]), "1 lists for 2 prompts"),
+]
+
+
+class StructuredContract(StockContract):
+    pipeline_class = StructuredDiffusionPipeline
+    control_on = {"struct_mode": "values"}
+    control_off = {"struct_mode": None}
+    bad_arguments = STRUCTURED_BAD_ARGUMENTS
+
+
+class TestStructuredSD(OnSD, StructuredContract):
+    pass
+
+
+class TestStructuredSDXL(OnSDXL, StructuredContract):
+    pass
+
+
+class TestStructuredSD3(OnSD3, StructuredContract):
+    pass
+
+
+class TestStructuredSD35(OnSD35, StructuredContract):
+    pass
+
+
+class TestStructuredFlux(OnFlux, StructuredContract):
+    pass
+
+
+class TestStructuredPixArt(OnPixArt, StructuredContract):
+    pass
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +74,6 @@ def _images(pipe, prompt=PROMPT, seed=0, **kwargs):
     return pipe(prompt, generator=_gen(seed), output_type="pt", **kwargs)
 
 
-def test_stock_mode_is_identical_to_stable_diffusion(pipe, stock):
-    expected = _images(stock).images
-    assert torch.equal(_images(pipe, struct_mode=None).images, expected)
-
-
 @pytest.mark.parametrize("phrases", [None, ["A red car."]])
 def test_prompt_whose_only_phrase_is_itself_is_identical_to_stock(pipe, stock, phrases):
     out = _images(pipe, "a red car", phrases=phrases)
@@ -54,17 +88,6 @@ def test_structured_modes_use_the_parsed_phrases_and_change_the_image(pipe, stoc
     assert out.phrases[0][1].token_start == 4 and out.phrases[0][1].token_end == 7
     assert not torch.allclose(out.images, _images(stock).images)
     assert all(isinstance(p, AttnProcessor2_0) for p in pipe.unet.attn_processors.values())
-
-
-def test_batches_and_images_per_prompt_match_single_runs(pipe):
-    prompts = [PROMPT, "a small green cube on a yellow table"]
-    batch = pipe(prompts, generator=[_gen(1), _gen(2), _gen(3), _gen(4)], num_images_per_prompt=2,
-                 num_inference_steps=3, output_type="pt", negative_prompt=["blurry", "dark"])
-    assert batch.images.shape == (4, 3, 64, 64) and len(batch.phrases) == 2
-    for index, (prompt, seed, negative) in enumerate([(PROMPT, 1, "blurry"), (prompts[1], 4, "dark")]):
-        row = 0 if index == 0 else 3
-        single = _images(pipe, prompt, seed, negative_prompt=negative).images
-        torch.testing.assert_close(batch.images[row : row + 1], single, atol=1e-4, rtol=0)
 
 
 def test_prompt_embeds_with_parsed_phrases_match_the_prompt_path(pipe):
@@ -85,42 +108,13 @@ def test_prompt_embeds_without_phrases_warns_and_runs_stock(pipe, stock):
     torch.testing.assert_close(out.images, _images(stock).images, atol=1e-6, rtol=0)
 
 
-def test_missing_spacy_pipeline_warns_once_and_falls_back_to_stock(pipe, stock, monkeypatch):
+def test_missing_spacy_pipeline_raises_where_no_phrases_can_be_had(pipe, stock, monkeypatch):
     import attnctl.structured.phrases as phrases_module
 
     monkeypatch.setattr(phrases_module, "load_english_pipeline", lambda: None)
-    with pytest.warns(UserWarning, match="no English spaCy pipeline") as record:
-        out = _images(pipe)
-    assert len([w for w in record if "spaCy" in str(w.message)]) == 1
-    assert torch.equal(out.images, _images(stock).images)
-
-
-def test_save_and_load_round_trip(pipe, tmp_path):
-    pipe.save_pretrained(tmp_path)
-    loaded = StructuredDiffusionPipeline.from_pretrained(tmp_path)
-    loaded.set_progress_bar_config(disable=True)
-    assert torch.equal(_images(loaded).images, _images(pipe).images)
-
-
-def test_processors_are_restored_when_a_call_raises(pipe):
-    def explode(pipeline, step, timestep, kwargs):
-        raise RuntimeError("stop at step 1")
-
-    with pytest.raises(RuntimeError, match="stop at step 1"):
-        _images(pipe, callback_on_step_end=explode)
-    assert all(isinstance(p, AttnProcessor2_0) for p in pipe.unet.attn_processors.values())
-
-
-def test_callback_on_step_end_sees_every_step(pipe):
-    steps = []
-
-    def record(pipeline, step, timestep, kwargs):
-        steps.append(step)
-        assert kwargs["latents"].shape == (1, 4, 32, 32)
-        return kwargs
-
-    _images(pipe, callback_on_step_end=record, num_inference_steps=4)
-    assert steps == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="phrases: no English spaCy pipeline is installed .*struct_mode=None"):
+        _images(pipe)
+    assert _images(pipe, phrases=["a red car"]).images.shape == _images(stock).images.shape  # given phrases work
 
 
 def test_attention_maps_are_labelled_per_token_at_image_size(pipe):
@@ -134,21 +128,6 @@ def test_attention_maps_are_labelled_per_token_at_image_size(pipe):
     assert heatmaps.normalized().max() <= 1.0
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(prompt="   "), "is empty"),
-        (dict(prompt=""), "is empty"),
-        (dict(prompt=PROMPT, struct_mode="both"), "struct_mode='both'"),
-        (dict(prompt=PROMPT, phrases=["a green dog"]), "does not occur in the prompt"),
-        (dict(prompt=[PROMPT, PROMPT], phrases=[["a red car"]]), "1 lists for 2 prompts"),
-    ],
-)
-def test_bad_input_is_a_clear_value_error(pipe, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        pipe(num_inference_steps=1, **kwargs)
-
-
 def test_overlong_prompt_is_truncated_with_warnings(pipe, caplog):
     prompt = "a red car and a blue bench " + "very " * 80 + "and a green cat"
     with caplog.at_level("WARNING"):
@@ -157,10 +136,35 @@ def test_overlong_prompt_is_truncated_with_warnings(pipe, caplog):
     assert "past the tokenizer's limit" in caplog.text
 
 
+FAMILY_CALLS = {f.path_fixture: getattr(f, "call_kwargs", {}) for f in (OnSD, OnSDXL, OnSD3, OnSD35, OnFlux, OnPixArt)}
 
-def test_model_cpu_offload_hooks_leave_the_result_unchanged(pipe, tiny_sd_path):
-    offloaded = StructuredDiffusionPipeline.from_pretrained(tiny_sd_path)
-    offloaded.set_progress_bar_config(disable=True)
-    offloaded.enable_model_cpu_offload(device="cpu")  # accelerate's hooks around every model, as on a GPU
-    assert torch.equal(_images(offloaded).images, _images(pipe).images)
-    assert torch.equal(_images(offloaded).images, _images(pipe).images)  # and again: hooks reset properly
+
+@pytest.mark.parametrize("fixture", list(FAMILY_CALLS))
+def test_attention_maps_on_every_family_are_labelled_per_prompt_token(fixture, request):
+    pipe = StructuredDiffusionPipeline.from_pretrained(request.getfixturevalue(fixture))
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, output_type="pt", num_images_per_prompt=2, **FAMILY_CALLS[fixture])
+    out = pipe(PROMPT, struct_mode=None, return_attention_maps=True, generator=_gen(), **kwargs)
+    stock = pipe(PROMPT, struct_mode=None, generator=_gen(), **kwargs)
+    torch.testing.assert_close(out.images, stock.images, atol=1e-4, rtol=0)  # recording does not steer
+    height, width = out.images.shape[-2:]
+    assert len(out.attention_maps) == 2
+    for heatmaps in out.attention_maps:
+        assert heatmaps.tokens == PROMPT.split()
+        assert heatmaps.maps.shape == (7, height, width) and torch.isfinite(heatmaps.maps).all()
+        assert heatmaps.maps.sum() > 0
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd3_path", "tiny_flux_path"])
+def test_joint_attention_refuses_keys_mode_and_maps_with_guidance(fixture, request):
+    pipe = StructuredDiffusionPipeline.from_pretrained(request.getfixturevalue(fixture))
+    with pytest.raises(ValueError, match="struct_mode='keys' is not defined on"):
+        pipe(PROMPT, struct_mode="keys", num_inference_steps=1, **T5_CALL)
+    with pytest.raises(ValueError, match="record maps with struct_mode=None"):
+        pipe(PROMPT, return_attention_maps=True, num_inference_steps=1, **T5_CALL)
+
+
+def test_sd3_phrases_move_their_clip_and_t5_rows(tiny_sd3_path):
+    pipe = StructuredDiffusionPipeline.from_pretrained(tiny_sd3_path)
+    phrase = pipe.parse_phrases(PROMPT, ["a blue bench"])[0]
+    assert pipe.family_text.joint_moves(pipe, PROMPT, phrase, T5_CALL) == ((1 + 4, 1, 3), (77 + 4, 77, 3))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from attnctl.core import AttentionController, ControlledAttnProcessor, LayerInfo
+from attnctl.core import AttentionController, ControlledAttnProcessor, LayerInfo, guidance_rows
 from attnctl.structured import PhraseEncoding, StructuredControl, align, align_all
 
 TOKENS, DIM = 9, 12
@@ -37,7 +37,7 @@ def setup():
 
 
 def _run(attn, hidden, states, control):
-    controller = AttentionController([control])
+    controller = AttentionController([control], rows=guidance_rows(2))  # two prompts: [uncond x2, cond x2]
     processor = ControlledAttnProcessor(controller, LayerInfo.from_name("x.attn2.processor", True, 0))
     return processor(attn, hidden, states)
 

@@ -1,0 +1,85 @@
+"""What the gradient-guided method pipelines (Attend-and-Excite, SynGen) share, on :mod:`attnctl.pipelines.base`.
+
+A method's ``prepare`` builds its loss and :class:`~attnctl.guidance.GuidanceSchedule` and calls
+:meth:`GuidedMethodMixin.guided_run`, which returns the :class:`MethodRun`: the maps control (installed for the
+whole call, so the processors come back when anything raises), the parent arguments that guide the latents
+(``latents`` and the step-end callback, :func:`attnctl.guidance.guidance_arguments`) and the output builder.
+A run whose schedule never moves the latents installs nothing and changes no argument: the parent pipeline runs
+as stock, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from attnctl.core import AttentionStore, TokenHeatmaps, guidance_rows
+from attnctl.guidance import GradientMaps, GuidanceSchedule, MapLoss, guidance_arguments
+
+from .base import ControlledPipelineMixin, MethodRun
+
+#: finish(parent output, heat maps or None, guidance log) -> the method's output
+Finish = Callable[[Any, "list[TokenHeatmaps] | None", "list[dict[str, Any]]"], Any]
+
+
+class InferenceStore(AttentionStore):
+    """Heat maps of the images as drawn: the stock denoiser passes only, not the guidance forwards."""
+
+    def applies_to(self, call) -> bool:
+        return not torch.is_grad_enabled() and super().applies_to(call)
+
+
+def per_prompt(value: Sequence | None, num_prompts: int, name: str, is_item: Callable[[Any], bool]) -> list | None:
+    """``value`` as one list per prompt: a flat list (of items) is shared, a nested list must match the prompts."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name}={value!r} must be a list (one flat list, or one list per prompt)")
+    if len(value) == 0 or all(is_item(v) for v in value):
+        return [list(value)] * num_prompts
+    if len(value) != num_prompts or not all(isinstance(v, (list, tuple)) for v in value):
+        raise ValueError(f"{name}={value!r}: give one flat list, or one list per prompt ({num_prompts} prompts)")
+    return [list(v) for v in value]
+
+
+class GuidedMethodMixin(ControlledPipelineMixin):
+    """Base of methods that move the latents by the gradient of a loss on cross-attention maps."""
+
+    def loop_length(self, call: Mapping[str, Any]) -> int:
+        """Number of denoising-loop iterations the scheduler will run (the length of a step-size schedule)."""
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+
+        timesteps, _ = retrieve_timesteps(self.scheduler, call["num_inference_steps"], "cpu", call.get("timesteps"),
+                                          call.get("sigmas"))
+        return len(timesteps)
+
+    def guided_run(
+        self,
+        call: Mapping[str, Any],
+        loss: MapLoss,
+        schedule: GuidanceSchedule,
+        attn_res: tuple[int, int] | None,
+        active: bool,
+        return_attention_maps: bool,
+        finish: Finish,
+    ) -> MethodRun:
+        """The run of one call: guided when ``active``, else the parent untouched (plus a heat-map store)."""
+        rows = self.conditional_row_count(call)
+        store = InferenceStore() if return_attention_maps else None
+        controls: list = [store] if store is not None else []
+        arguments: dict[str, Any] = {}
+        history: list[dict[str, Any]] = []
+        if active:
+            maps = GradientMaps(attn_res)
+            guide, arguments = guidance_arguments(
+                self, call, maps, loss, schedule, lambda: self.install([maps], guidance_rows(rows)))
+            controls.insert(0, maps)
+            history = guide.history
+
+        def done(output: Any) -> Any:
+            heatmaps = None if store is None else self.token_heatmaps(store, call, rows)
+            return finish(output, heatmaps, history)
+
+        return MethodRun(controls, done, arguments=arguments)
