@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnctl.cli.common import resolve_model
+from attnctl.cli.common import model_argument
 from attnctl.models import default as default_module
 from attnctl.models.default import default_model_path
 from attnctl.models.training import tokenize
@@ -49,8 +49,8 @@ def test_alias_resolves_for_the_api_cli_and_ui():
 
     path = default_model_path("clip")
     assert path.name == "clip-model" and path != default_model_path()
-    assert resolve_model("clip") == str(path) and resolve_model("default") == str(default_model_path())
-    assert ModelCache().resolve(" clip ") == str(path)
+    assert model_argument("clip") == str(path) and model_argument("default") == str(default_model_path())
+    assert ModelCache().resolve(" clip ").source == str(path)
 
 
 def test_bad_aliases_and_missing_models_say_what_is_wrong(monkeypatch, tmp_path):
@@ -60,4 +60,4 @@ def test_bad_aliases_and_missing_models_say_what_is_wrong(monkeypatch, tmp_path)
     with pytest.raises(FileNotFoundError, match="train_clip_model.py --export attnctl/assets/clip-model"):
         default_model_path("clip")
     with pytest.raises(ValueError, match="train_clip_model.py.*; or pass --model"):
-        resolve_model("clip")
+        model_argument("clip")
