@@ -24,14 +24,17 @@ install: $(STAMP)
 
 # The main job on the embedded default model: the same prompts and seeds with stock and structured guidance
 # (20 DDIM steps at guidance 4, the settings the model was evaluated with).
+# stock, structured guidance, SynGen (the binding method that bound the most images on the embedded model,
+# though not significantly more than stock: docs/binding.md) and the layout modes
 demo: install
 	$(PY) -m attnctl generate --method plain --steps 20 --guidance 4 --prompts examples/demo-prompts.txt --out outputs/demo/stock
 	$(PY) -m attnctl generate --method structured --steps 20 --guidance 4 --prompts examples/demo-prompts.txt --out outputs/demo/structured
+	$(PY) -m attnctl generate --method syngen --steps 20 --guidance 4 --prompts examples/demo-prompts.txt --out outputs/demo/syngen
 	for mode in forbid bias prompts; do \
 		$(PY) -m attnctl generate --method regional --steps 20 --guidance 4 --set layout_mode=$$mode \
 			--prompts examples/demo-layout.jsonl --out outputs/demo/layout-$$mode || exit 1; \
 	done
-	@echo "images, manifest.jsonl and summary.json in outputs/demo/{stock,structured,layout-forbid,layout-bias,layout-prompts}"
+	@echo "images, manifest.jsonl and summary.json in outputs/demo/{stock,structured,syngen,layout-forbid,layout-bias,layout-prompts}"
 
 lint: install
 	$(PY) -m ruff check .

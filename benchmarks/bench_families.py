@@ -18,12 +18,20 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
 from attnctl.composer import RegionConstrainedCrossAttention, TokenRegion, box_cells
 from attnctl.core import AttentionController, AttentionStore, guidance_rows
+from attnctl.core.rows import RowLayout
 from attnctl.structured import PhraseEncoding, StructuredControl
+from attnctl.structured.joint import (
+    JointPhrase,
+    JointStructuredControl,
+    appended_phrase_rows,
+    phrase_rows_layout,
+)
 
 LATENT = 32  # 256 px with the 8x VAEs
 T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}  # df -> t
@@ -50,8 +58,9 @@ def _unet(shrink: int, xl: bool):
     return model, {"added_cond_kwargs": {"text_embeds": torch.randn(2, pooled), "time_ids": torch.randn(2, 6)}}
 
 
-def build(family: str, shrink: int) -> tuple[torch.nn.Module, Callable[[], object], int, int, int]:
-    """(denoiser, one step, text tokens, first word position, context width seen by cross-attention)."""
+def build(family: str, shrink: int) -> tuple[torch.nn.Module, Callable[[], object], torch.Tensor, int, int]:
+    """(denoiser, one step, its text states, first word position, context width seen by cross-attention; 0 for
+    joint attention)."""
     from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel
 
     torch.manual_seed(0)
@@ -59,7 +68,7 @@ def build(family: str, shrink: int) -> tuple[torch.nn.Module, Callable[[], objec
         model, extra = _unet(shrink, family == "sdxl")
         dim = model.config.cross_attention_dim
         sample, text = torch.randn(2, 4, LATENT, LATENT), torch.randn(2, 77, dim)
-        return model.eval(), lambda: model(sample, 500, encoder_hidden_states=text, **extra), 77, 1, dim
+        return model.eval(), lambda: model(sample, 500, encoder_hidden_states=text, **extra), text, 1, dim
     if family == "sd3":  # SD3-Medium: 24 joint blocks, 24 heads; 77 CLIP + 256 T5 tokens
         model = SD3Transformer2DModel(
             sample_size=LATENT, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
@@ -67,11 +76,13 @@ def build(family: str, shrink: int) -> tuple[torch.nn.Module, Callable[[], objec
             caption_projection_dim=1536 // shrink, pooled_projection_dim=2048 // shrink, pos_embed_max_size=96)
         sample, text = torch.randn(2, 16, LATENT, LATENT), torch.randn(2, 333, 4096 // shrink)
         pooled = torch.randn(2, 2048 // shrink)
-        step = lambda: model(sample, encoder_hidden_states=text, pooled_projections=pooled,  # noqa: E731
+        step = lambda: model(hidden_states=sample, encoder_hidden_states=text, pooled_projections=pooled,  # noqa: E731
                              timestep=torch.tensor([500.0, 500.0]))
-        return model.eval(), step, 333, 1, 0
+        return model.eval(), step, text, 1, 0
     if family == "flux":  # Flux-dev: 19 double + 38 single blocks, 24 heads of 128; 512 T5 tokens
         head = 128 // shrink
+        if head % 16:
+            raise ValueError(f"--shrink {shrink}: Flux's rotary axes need a head width divisible by 16 (shrink <= 8)")
         model = FluxTransformer2DModel(
             patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=head,
             num_attention_heads=24, joint_attention_dim=4096 // shrink, pooled_projection_dim=768 // shrink,
@@ -80,10 +91,11 @@ def build(family: str, shrink: int) -> tuple[torch.nn.Module, Callable[[], objec
         sample, text = torch.randn(1, side * side, 64), torch.randn(1, 512, 4096 // shrink)
         grid = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2)
         image_ids = torch.cat([torch.zeros(side * side, 1), grid.float()], dim=1)
-        step = lambda: model(sample, encoder_hidden_states=text, pooled_projections=torch.randn(1, 768 // shrink),  # noqa: E731
+        pooled = torch.randn(1, 768 // shrink)
+        step = lambda: model(hidden_states=sample, encoder_hidden_states=text, pooled_projections=pooled,  # noqa: E731
                              timestep=torch.tensor([0.5]), img_ids=image_ids, txt_ids=torch.zeros(512, 3),
                              guidance=torch.tensor([3.5]))
-        return model.eval(), step, 512, 0, 0
+        return model.eval(), step, text, 0, 0
     if family == "pixart":  # PixArt-Sigma: 28 blocks, 16 heads of 72; 300 T5 tokens
         model = PixArtTransformer2DModel(
             sample_size=LATENT, num_layers=28, patch_size=2, attention_head_dim=72 // shrink, num_attention_heads=16,
@@ -92,38 +104,48 @@ def build(family: str, shrink: int) -> tuple[torch.nn.Module, Callable[[], objec
         sample, text = torch.randn(2, 4, LATENT, LATENT), torch.randn(2, 300, 4096 // shrink)
         step = lambda: model(sample, encoder_hidden_states=text, timestep=torch.tensor([500, 500]),  # noqa: E731
                              added_cond_kwargs={"resolution": None, "aspect_ratio": None})
-        return model.eval(), step, 300, 0, model.config.cross_attention_dim
+        return model.eval(), step, text, 0, model.config.cross_attention_dim
     raise ValueError(f"family={family!r} is not one of sd, sdxl, sd3, flux, pixart")
 
 
-def controls(family: str, text_tokens: int, first: int, dim: int) -> dict[str, list]:
-    """The controls of each mode on ``family`` (structured guidance only where it is implemented: dim > 0)."""
+Mode = tuple[list, RowLayout, Callable[[], AbstractContextManager]]
+
+
+def modes_for(model: torch.nn.Module, text: torch.Tensor, first: int, dim: int) -> dict[str, Mode]:
+    """(controls, row layout, context around the step) of each mode. Structured guidance: context sets where the
+    text is a fixed cross-attention input (``dim`` > 0), phrase rows on joint attention (SD3, Flux)."""
     regions = [TokenRegion((first + 1, first + 2), lambda grid: box_cells((0, 0, 0.5, 1), grid)),
                TokenRegion((first + 5, first + 6), lambda grid: box_cells((0.5, 0, 1, 0.5), grid))]
-    modes = {"attnctl, no control": [], "attention maps": [AttentionStore()],
-             "regional (2 boxes)": [RegionConstrainedCrossAttention(regions, lambda call: call.rows["cond"],
-                                                                     first_token=first)]}
+    plain = lambda controls: (controls, guidance_rows(1), nullcontext)  # noqa: E731
+    modes = {"attnctl, no control": plain([]), "attention maps": plain([AttentionStore()]),
+             "regional (2 boxes)": plain([RegionConstrainedCrossAttention(regions, lambda call: call.rows["cond"],
+                                                                           first_token=first)])}
     if dim:
-        phrases = [[PhraseEncoding(torch.randn(text_tokens, dim), 0, 3, first),
-                    PhraseEncoding(torch.randn(text_tokens, dim), 4, 7, first)]]
-        modes["structured values (2 phrases)"] = [StructuredControl(phrases, "values")]
-        modes["structured keys (2 phrases)"] = [StructuredControl(phrases, "keys")]
+        phrases = [[PhraseEncoding(torch.randn(text.shape[1], dim), 0, 3, first),
+                    PhraseEncoding(torch.randn(text.shape[1], dim), 4, 7, first)]]
+        modes["structured values (2 phrases)"] = plain([StructuredControl(phrases, "values")])
+        modes["structured keys (2 phrases)"] = plain([StructuredControl(phrases, "keys")])
+    else:
+        joint = JointStructuredControl([[JointPhrase(0, ((first, first, 3),)), JointPhrase(1, ((first + 4, first, 3),))]])
+        embeds = torch.randn(2, *text.shape[1:])
+        modes["structured values (2 phrases)"] = ([joint], phrase_rows_layout(1, 2),
+                                                  lambda: appended_phrase_rows(model, embeds, [0, 0], 1))
     return modes
 
 
 def bench(family: str, shrink: int, rounds: int) -> list[tuple[str, float, float, float, float]]:
-    model, step, text_tokens, first, dim = build(family, shrink)
-    modes = controls(family, text_tokens, first, dim)
+    model, step, text, first, dim = build(family, shrink)
+    modes = modes_for(model, text, first, dim)
     times: dict[str, list[float]] = {"stock": [], **{name: [] for name in modes}}
     with torch.inference_mode():
         for round_index in range(rounds + 1):
             for name in times:
-                controller = None if name == "stock" else AttentionController(modes[name], rows=guidance_rows(1))
-                start = time.perf_counter()
-                if controller is None:
+                if name == "stock":
+                    start = time.perf_counter()
                     step()
                 else:
-                    with controller.installed(model):  # processors are swapped per call, not per step
+                    controls, rows, around = modes[name]
+                    with AttentionController(controls, rows=rows).installed(model), around():  # per call, not step
                         start = time.perf_counter()
                         step()
                 elapsed = time.perf_counter() - start

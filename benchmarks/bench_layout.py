@@ -17,7 +17,9 @@ images; mean paired differences with normal 95% intervals). ``--attention N`` al
 how much cross-attention the end-of-text and padding keys take inside and outside the boxes, with stock and with
 those keys masked inside the boxes.
 
-    nice -n 10 python benchmarks/bench_layout.py --json outputs/bench_layout.json
+    nice -n 10 python benchmarks/bench_layout.py --configs forbid forbid+mask bias prompts --json outputs/bench_layout.json
+    nice -n 10 python benchmarks/bench_layout.py --configs guidance --jobs 16 --singles 4 --attention 0 \
+        --json outputs/bench_layout_guidance.json
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ CONFIGS = {
     "forbid+mask": dict(layout_mode="forbid", mask_special="boxes"),
     "bias": dict(layout_mode="bias", layout_strength=0.5, layout_until=1.0),
     "prompts": dict(layout_mode="prompts", base_ratio=0.3),
+    # eta from a 4-job check (seeds from 10_000: eta 10 and 100 moved nothing, 1000 one object); 5 of 20 steps
+    "guidance": dict(layout_mode="guidance", layout_strength=1000.0, layout_until=0.25),
 }
 #: The tuning run (``--tune``): a few settings per mode on other seeds, to fix CONFIGS before measuring.
 TUNING = {

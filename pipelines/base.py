@@ -23,9 +23,9 @@ The mixin then gives the variant
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,6 +37,8 @@ from attnctl.composer.tokens import check_token_indices, words_token_indices
 from attnctl.core import AttentionControl, AttentionController, AttentionStore, TokenHeatmaps, guidance_rows
 from attnctl.core.rows import RowLayout
 from attnctl.models.families import Family, detect_family, get_family
+from attnctl.structured import Phrase, normalize_prompt
+from attnctl.structured.phrases import token_span
 
 
 @dataclass
@@ -46,15 +48,16 @@ class MethodRun:
     Args:
         controls: installed on the denoiser for the call; empty means the parent pipeline runs untouched.
         finish: ``(parent_output) -> method output`` for ``return_dict=True``.
+        rows: the batch layout of every pass; ``None``: ``guidance_rows(prompts x images per prompt)``.
+        around: a context entered inside the installed controller for the call (extra phrase rows, SD3/Flux).
         arguments: parent call arguments the method replaces (regional prompts' ``prompt=base_prompt``).
-        runner: ``(parent_call, arguments) -> parent output``, for methods that run the parent call themselves
-            (gradient guidance of the latents, :func:`attnctl.guidance.guided_call`); ``None``: the mixin does.
     """
 
     controls: list[AttentionControl] = field(default_factory=list)
     finish: Callable[[Any], Any] = lambda output: output
+    rows: RowLayout | None = None
+    around: Callable[[], AbstractContextManager] | None = None
     arguments: dict[str, Any] = field(default_factory=dict)
-    runner: Callable[[Callable[..., Any], dict[str, Any]], Any] | None = None
 
 
 class FamilyText:
@@ -147,6 +150,17 @@ class FluxText(FamilyText):
     tokenizer_attribute = "tokenizer_2"
     offset = 0
 
+    def encode(self, pipe, texts, call):
+        """The phrases' ``encoder_hidden_states`` (T5, before the transformer's ``context_embedder``)."""
+        lora_scale = (call.get("joint_attention_kwargs") or {}).get("scale")
+        return pipe.encode_prompt(prompt=texts, prompt_2=None, device=pipe._execution_device, num_images_per_prompt=1,
+                                  max_sequence_length=call["max_sequence_length"], lora_scale=lora_scale)[0]
+
+    def joint_moves(self, pipe, prompt: str, phrase: Phrase, call) -> tuple[tuple[int, int, int], ...]:
+        """(destination, source, length) text-key moves of ``phrase`` (see :class:`JointPhrase`)."""
+        length = min(phrase.token_end, self.max_tokens(pipe, call)) - phrase.token_start
+        return ((phrase.token_start, 0, length),) if length > 0 else ()
+
     def sequence_length(self, pipe, call):
         return call["max_sequence_length"]
 
@@ -169,6 +183,24 @@ class SD3Text(FamilyText):
 
     def key_length(self, pipe, call):
         return pipe.tokenizer_max_length + call["max_sequence_length"]
+
+    def encode(self, pipe, texts, call):
+        """The phrases' ``encoder_hidden_states`` (CLIP-L and CLIP-G rows, then T5 rows)."""
+        lora_scale = (call.get("joint_attention_kwargs") or {}).get("scale")
+        return pipe.encode_prompt(prompt=texts, prompt_2=None, prompt_3=None, device=pipe._execution_device,
+                                  num_images_per_prompt=1, do_classifier_free_guidance=False,
+                                  clip_skip=call.get("clip_skip"), max_sequence_length=call["max_sequence_length"],
+                                  lora_scale=lora_scale)[0]
+
+    def joint_moves(self, pipe, prompt: str, phrase: Phrase, call) -> tuple[tuple[int, int, int], ...]:
+        """The phrase's CLIP rows (after the start token) and its T5 rows (located with ``tokenizer_3``)."""
+        clip_rows = pipe.tokenizer_max_length
+        moves = [(1 + phrase.token_start, 1, phrase.num_tokens)]
+        start, end = token_span(pipe.tokenizer_3, normalize_prompt(prompt), phrase.char_start, phrase.char_end)
+        end = min(end, call["max_sequence_length"] - 1)
+        if end > start:
+            moves.append((clip_rows + start, clip_rows, end - start))
+        return tuple(moves)
 
 
 FAMILY_TEXT: dict[str, FamilyText] = {"sd": SDText(), "sdxl": SDXLText(), "pixart": PixArtText(), "sd3": SD3Text(),
@@ -298,10 +330,9 @@ class ControlledPipelineMixin(FamilyPipelineMixin):
         run = self.prepare(_ReadOnly(call), **method_kwargs)
         return_dict = passed.pop("return_dict", True)
         passed.update(run.arguments)
-        if run.runner is not None:
-            output = run.runner(functools.partial(parent.__call__, self), {**passed, "return_dict": True})
-        elif run.controls:
-            with self.install(run.controls, guidance_rows(self.conditional_row_count(call))):
+        if run.controls:
+            rows = run.rows or guidance_rows(self.conditional_row_count(call))
+            with self.install(run.controls, rows), (run.around or nullcontext)():
                 output = parent.__call__(self, **passed, return_dict=True)
         else:
             output = parent.__call__(self, **passed, return_dict=True)

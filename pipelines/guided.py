@@ -82,4 +82,4 @@ class GuidedMethodMixin(ControlledPipelineMixin):
             heatmaps = None if store is None else self.token_heatmaps(store, call, rows)
             return finish(output, heatmaps, history)
 
-        return MethodRun(controls, done, arguments)
+        return MethodRun(controls, done, arguments=arguments)

@@ -28,6 +28,12 @@ from diffusers.utils import BaseOutput
 
 from attnctl.core import AttentionStore, TokenHeatmaps
 from attnctl.structured import STRUCT_MODES, Phrase, PhraseEncoding, StructuredControl, prompt_phrases
+from attnctl.structured.joint import (
+    JointPhrase,
+    JointStructuredControl,
+    appended_phrase_rows,
+    phrase_rows_layout,
+)
 
 from .base import ControlledPipelineMixin, MethodRun
 
@@ -133,10 +139,14 @@ class StructuredMethod(ControlledPipelineMixin):
         """
         if struct_mode is not None and struct_mode not in STRUCT_MODES:
             raise ValueError(f"struct_mode={struct_mode!r} is not one of {STRUCT_MODES} or None (stock guidance)")
-        if struct_mode is not None and self.model_family.attention == "joint":
-            raise ValueError(f"struct_mode={struct_mode!r}: structured guidance on {self.model_family.title} (joint "
-                             "attention) is defined in docs/structured.md but not implemented yet; pass "
-                             "struct_mode=None (attention maps work)")
+        joint = self.model_family.attention == "joint"
+        if joint and struct_mode == "keys":
+            raise ValueError(f"struct_mode='keys' is not defined on {self.model_family.title} (joint attention); "
+                             "use struct_mode='values' (docs/structured.md)")
+        if joint and struct_mode is not None and return_attention_maps:
+            raise ValueError("return_attention_maps=True with structured guidance on joint attention: both need "
+                             "the attention call (maps read probabilities, guidance replaces the kernel); "
+                             "record maps with struct_mode=None")
         prompts = self.prompt_list(call)
         embeds = call["prompt_embeds"]
         num_prompts = len(prompts) if prompts is not None else (embeds.shape[0] if embeds is not None else 0)
@@ -148,10 +158,14 @@ class StructuredMethod(ControlledPipelineMixin):
                                      "struct_mode=None for unconditional generation)")
             parsed = self._phrases_per_prompt(prompts, num_prompts, phrases)
         images_per_prompt = call.get("num_images_per_prompt") or 1
-        controls = []
-        if parsed is not None and any(parsed):
+        controls, rows, around = [], None, None
+        if parsed is not None and any(parsed) and joint:
+            control, rows, around = self._joint_guidance(prompts, parsed, call, images_per_prompt)
+            controls.append(control)
+        elif parsed is not None and any(parsed):
             rows = [enc for enc in self.encode_phrases(parsed, call) for _ in range(images_per_prompt)]
             controls.append(StructuredControl(rows, struct_mode))
+            rows = None
         store = AttentionStore() if return_attention_maps else None
         if store is not None:
             controls.append(store)
@@ -162,7 +176,29 @@ class StructuredMethod(ControlledPipelineMixin):
                 images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
                 phrases=parsed if parsed is not None else [[] for _ in range(num_prompts)], attention_maps=heatmaps)
 
-        return MethodRun(controls, finish)
+        return MethodRun(controls, finish, rows=rows, around=around)
+
+    def _joint_guidance(self, prompts: list[str] | None, parsed: list[list[Phrase]], call: Mapping[str, Any],
+                        images_per_prompt: int):
+        """SD3/Flux: the control, the row layout and the phrase rows (:mod:`attnctl.structured.joint`)."""
+        if prompts is None:
+            raise ValueError("structured guidance on joint attention needs the prompt text (the phrases' T5 "
+                             "positions are located in it); pass prompt, or struct_mode=None with prompt_embeds")
+        texts = [p.text for phrases in parsed for p in phrases]
+        embeds = self.family_text.encode(self, texts, call)
+        per_row, owners, sources = [], [], []  # per conditional row its phrases; per phrase row its owner, text
+        first = 0  # index of the prompt's first phrase in texts
+        for prompt, phrases in zip(prompts, parsed):
+            moves = [self.family_text.joint_moves(self, prompt, phrase, call) for phrase in phrases]
+            for _ in range(images_per_prompt):
+                per_row.append([JointPhrase(len(owners) + k, m) for k, m in enumerate(moves)])
+                owners.extend([len(per_row) - 1] * len(phrases))
+                sources.extend(range(first, first + len(phrases)))
+            first += len(phrases)
+        phrase_embeds = embeds[torch.tensor(sources, dtype=torch.long, device=embeds.device)]
+        layout = phrase_rows_layout(len(per_row), len(owners))
+        return (JointStructuredControl(per_row), layout,
+                lambda: appended_phrase_rows(self.denoiser, phrase_embeds, owners, len(per_row)))
 
 
 class StructuredDiffusionPipeline(StructuredMethod, StableDiffusionPipeline):
@@ -185,14 +221,14 @@ class StructuredPixArtSigmaPipeline(StructuredMethod, PixArtSigmaPipeline):
 
 
 class StructuredStableDiffusion3Pipeline(StructuredMethod, StableDiffusion3Pipeline):
-    """SD3/3.5: per-token attention maps (``struct_mode=None``); structured guidance is not implemented on
-    joint attention yet (docs/structured.md)."""
+    """Structured guidance on SD3/3.5's joint attention ("values" mode as docs/structured.md defines it): each
+    phrase runs as an extra batch row; its CLIP and T5 rows replace the prompt's in what image queries read."""
 
     family = "sd3"
 
 
 class StructuredFluxPipeline(StructuredMethod, FluxPipeline):
-    """Flux: per-token attention maps (``struct_mode=None``, T5 tokens); structured guidance is not implemented
-    on joint attention yet (docs/structured.md)."""
+    """Structured guidance on Flux's double- and single-stream joint attention ("values" mode, T5 phrase rows;
+    docs/structured.md)."""
 
     family = "flux"

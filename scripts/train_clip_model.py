@@ -40,6 +40,7 @@ from attnctl.models.training import (
     learning_rate,
     save_pipeline,
     train_denoiser,
+    training_parser,
 )
 from attnctl.shapes.compositions import sample_composition_training_scene
 from attnctl.shapes.render import render_batch
@@ -63,11 +64,10 @@ def train_clip(args, clip, tokenizer, state: dict, checkpointer: Checkpointer, d
     for step in bar:
         images, captions = training_batch(args.seed, "clip", step, args.clip_batch_size)
         loss = clip_step_loss(clip, tokenizer, images, captions)
-        progress = max(0.0, (step - args.warmup) / max(1, total - args.warmup))
+        progress = max(0.0, (step - args.clip_warmup) / max(1, total - args.clip_warmup))
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
         for group in optimizer.param_groups:
-            group["lr"] = (
-                learning_rate(step, args.clip_lr, args.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
-            )
+            group["lr"] = learning_rate(step, args.clip_lr, args.clip_warmup) * cosine
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
@@ -157,28 +157,17 @@ def export(clip, tokenizer, vae, state: dict, directory: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; the defaults are the configuration that produced the shipped model."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = training_parser(
+        __doc__, Path("outputs/train-clip"), unet_steps=600, batch_size=32, lr=3e-4, warmup=20, ema_decay=0.99
     )
-    parser.add_argument("--out", type=Path, default=Path("outputs/train-clip"), help="checkpoint directory")
-    parser.add_argument("--export", type=Path, default=None, help="write the final pipeline here")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="1 avoids OpenMP stalls on a shared machine")
     parser.add_argument("--vae", type=Path, default=DEFAULT_MODEL_DIR / "vae", help="frozen VAE folder")
     parser.add_argument("--init-unet", type=Path, default=DEFAULT_MODEL_DIR, help="pipeline to start from")
     parser.add_argument("--no-init-unet", dest="init_unet", action="store_const", const=None)
     parser.add_argument("--bridge-captions", type=int, default=512)
-    parser.add_argument("--clip-steps", type=int, default=120)
+    parser.add_argument("--clip-steps", type=int, default=80)
     parser.add_argument("--clip-batch-size", type=int, default=128)
     parser.add_argument("--clip-lr", type=float, default=2e-3)
-    parser.add_argument("--clip-warmup", type=int, default=10)
-    parser.add_argument("--unet-steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--ema-decay", type=float, default=0.99)
-    parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this long")
+    parser.add_argument("--clip-warmup", type=int, default=20)
     return parser.parse_args(argv)
 
 

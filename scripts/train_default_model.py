@@ -35,6 +35,7 @@ from attnctl.models.training import (
     build_unet,
     save_pipeline,
     train_denoiser,
+    training_parser,
 )
 from attnctl.shapes.render import render_batch
 from attnctl.shapes.scene import sample_codec_scene, sample_training_scene
@@ -174,25 +175,14 @@ def export_pipeline(state: dict, decoder_state: dict, tokenizer, directory: Path
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; the defaults are the configuration that produced the shipped model."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = training_parser(
+        __doc__, Path("outputs/train"), unet_steps=4000, batch_size=64, lr=5e-4, warmup=200, ema_decay=0.999
     )
-    parser.add_argument("--out", type=Path, default=Path("outputs/train"), help="checkpoint directory")
-    parser.add_argument("--export", type=Path, default=None, help="write the final pipeline here")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="1 avoids OpenMP stalls on a shared machine")
     parser.add_argument("--vae-steps", type=int, default=500)
     parser.add_argument("--vae-batch-size", type=int, default=16)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--decoder-steps", type=int, default=1500)
     parser.add_argument("--decoder-lr", type=float, default=5e-4)
-    parser.add_argument("--unet-steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this long")
     parser.add_argument(
         "--phase",
         choices=("all", "decoder"),

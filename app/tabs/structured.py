@@ -1,7 +1,11 @@
-"""Structured text-to-image tab: stock and Structured Diffusion Guidance from one seed, with heat maps.
+"""Structured text-to-image tab: stock, Structured Diffusion Guidance, Attend-and-Excite and SynGen from one seed,
+each with its heat maps.
 
 The phrases spaCy finds are shown in an editable box (one per line); whatever the box holds when Generate
-is pressed is what gets encoded, and an empty box means "parse the prompt".
+is pressed is what gets encoded, and an empty box means "parse the prompt". Generate draws stock and
+structured (API ``/structured``), then the two binding methods from the same seed (API ``/binding``), which
+take their subjects and modifier-noun pairs from the same parse; they alter the first half of the steps, as
+the papers do (25 of 50).
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from functools import partial
 
 import gradio as gr
 
+from attnctl.methods.attend_excite import SPEC as ATTEND_EXCITE
 from attnctl.methods.structured import SPEC as STRUCTURED
+from attnctl.methods.syngen import SPEC as SYNGEN
 from attnctl.structured import STRUCT_MODES
 
 from ..heatmaps import token_overlays
@@ -118,6 +124,54 @@ def generate(
     )
 
 
+def generate_binding(
+    models: ModelCache,
+    model: str,
+    prompt: str,
+    negative: str,
+    seed: float,
+    steps: float,
+    guidance: float,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's injection)
+) -> tuple:
+    """Attend-and-Excite and SynGen images from the seed of the structured pair, their heat-map galleries and
+    what each bound (subject tokens; modifier-noun sets) with the run details."""
+    prompt = required_text(prompt, "Prompt")
+    values = spec_values(STRUCTURED, CONTROLS, {"steps": steps, "guidance": guidance, "struct_mode": "values"})
+    steps = capped(values["steps"], models.limits.max_steps, "Steps", "--max-steps")
+    seeded_generator(seed)
+    deadline = models.limits.deadline()
+    methods = (("Attend-and-Excite", ATTEND_EXCITE, {"max_iter_to_alter": steps // 2}),
+               ("SynGen", SYNGEN, {"num_intervention_steps": steps // 2}))
+    results, seconds = [], {}
+    for index, (stage, spec, arguments) in enumerate(methods):
+        pipe = models.get(model, spec)
+        started = time.perf_counter()
+        with user_errors():
+            results.append(pipe(
+                prompt, negative_prompt=negative.strip() or None, return_attention_maps=True,
+                generator=seeded_generator(seed), num_inference_steps=steps, guidance_scale=values["guidance"],
+                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps, deadline), **arguments,
+            ))
+        seconds[stage] = round(time.perf_counter() - started, 3)
+    excite, syngen = results
+    tokens = excite.attention_maps[0].tokens
+    details = {
+        "model": models.describe(model, ATTEND_EXCITE),
+        "seed": int(seed),
+        "subjects": [[tokens[i - 1] for i in subject] for subject in excite.token_indices[0]],
+        "modifier_sets": [{"noun": s.noun.text, "modifiers": [m.text for m in s.modifiers]}
+                          for s in syngen.modifier_sets[0]],
+        "seconds": seconds,
+    }
+    return (
+        excite.images[0], syngen.images[0],
+        token_overlays(excite.images[0], excite.attention_maps[0]),
+        token_overlays(syngen.images[0], syngen.attention_maps[0]),
+        details,
+    )
+
+
 def heatmap_gallery(label: str) -> gr.Gallery:
     """One heat-map overlay per prompt token, captioned with the token."""
     return gr.Gallery(
@@ -130,8 +184,10 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
     with gr.Tab("Structured text-to-image", id="structured", elem_id="structured-tab"):
         gr.Markdown(
             "Noun phrases of the prompt are encoded on their own and fed to every cross-attention layer "
-            "(Feng et al., ICLR 2023). Both images use the same seed; below each, where every prompt token "
-            "attended (cross-attention averaged over layers, heads and steps)."
+            "(Feng et al., ICLR 2023). Attend-and-Excite (Chefer et al., 2023) strengthens the most neglected "
+            "subject's attention and SynGen (Rassin et al., 2023) pulls each modifier's attention onto its noun, "
+            "both by moving the latents in the first half of the steps. All four images use the same seed; "
+            "below each, where every prompt token attended (cross-attention averaged over layers, heads and steps)."
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
@@ -165,8 +221,16 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                     with gr.Column(min_width=240):
                         structured_image = result_image("Structured")
                         structured_maps = heatmap_gallery("Structured: attention per token")
+                with gr.Row():
+                    with gr.Column(min_width=240):
+                        excite_image = result_image("Attend-and-Excite")
+                        excite_maps = heatmap_gallery("Attend-and-Excite: attention per token")
+                    with gr.Column(min_width=240):
+                        syngen_image = result_image("SynGen")
+                        syngen_maps = heatmap_gallery("SynGen: attention per token")
                 with gr.Accordion("Run details", open=False):
                     details = gr.JSON(label="Run details", show_label=False)
+                    binding_details = gr.JSON(label="Binding methods", show_label=False)
         gr.Examples(EXAMPLES, inputs=[prompt, phrases, mode, seed], label="Examples")
 
     parse_event = dict(
@@ -179,5 +243,11 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
         inputs=[model_box, prompt, negative, phrases, mode, seed, steps, guidance],
         outputs=[stock_image, structured_image, stock_maps, structured_maps, phrases, details],
         api_name="structured",
+        concurrency_id=MODEL_QUEUE,
+    ).success(
+        partial(generate_binding, models),
+        inputs=[model_box, prompt, negative, seed, steps, guidance],
+        outputs=[excite_image, syngen_image, excite_maps, syngen_maps, binding_details],
+        api_name="binding",
         concurrency_id=MODEL_QUEUE,
     )

@@ -57,15 +57,20 @@ class GradientMaps(AttentionControl):
         self._names: list[str] = []
         self._grids_seen: set[tuple[int, ...]] = set()
         self._last_layer: str | None = None
+        self._fallback: tuple[int, int] | None = None
+        self._wanted: tuple[int, int] | None = None
 
     def reset(self) -> None:
         self.recording, self._probs, self._names = False, [], []
-        self._grids_seen, self._last_layer = set(), None
+        self._grids_seen, self._last_layer, self._fallback, self._wanted = set(), None, None, None
 
     def _target(self, call: AttentionCall) -> tuple[int, int]:
         if self.resolution is not None:
             return self.resolution
-        return default_resolution(call.run.sample_hw or call.grid)
+        if self._fallback is not None:
+            return self._fallback
+        self._wanted = default_resolution(call.run.sample_hw or call.grid)
+        return self._wanted
 
     def applies_to(self, call: AttentionCall) -> bool:
         if not (self.recording and call.is_cross and call.grid is not None):
@@ -91,6 +96,20 @@ class GradientMaps(AttentionControl):
             yield self
         finally:
             self.recording = False
+
+    @property
+    def recorded(self) -> bool:
+        return bool(self._probs)
+
+    def retarget(self) -> bool:
+        """After a forward that read nothing at the default resolution: switch to the cross-attention grid seen
+        closest to it in positions (larger first at a tie) and return True. SDXL's first block has no
+        cross-attention, so a tiny SDXL has nothing at 16x16; an explicit ``attn_res`` is never replaced."""
+        if self._probs or self.resolution is not None or self._fallback is not None or not self._grids_seen:
+            return False
+        wanted = math.prod(self._wanted)
+        self._fallback = min(self._grids_seen, key=lambda g: (abs(math.prod(g) - wanted), -math.prod(g)))
+        return True
 
     def completed(self) -> None:
         """Called after a forward that ran to the end: its last read layer is where later forwards stop."""

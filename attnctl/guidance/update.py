@@ -85,13 +85,10 @@ class LatentGuide:
     def measure(self, latents: torch.Tensor, timestep: torch.Tensor, index: int, iteration: int = 0):
         """(losses (rows,), grad_z sum(losses)) at ``latents``; the gradient is zero where a loss is constant."""
         z = latents.detach().requires_grad_(True)
-        with torch.enable_grad(), self.maps.record():
-            model_input = self.scheduler.scale_model_input(z, timestep)
-            try:
-                self.denoiser(model_input, timestep, **self.conditioning)
-                self.maps.completed()
-            except StopForward:
-                pass
+        with torch.enable_grad():
+            self._forward(z, timestep)
+            if not self.maps.recorded and self.maps.retarget():
+                self._forward(z, timestep)
             losses = self.loss(self.maps.maps())
             if losses.shape != (latents.shape[0],):
                 raise ValueError(f"a guidance loss returned shape {tuple(losses.shape)}; expected one per row")
@@ -101,6 +98,15 @@ class LatentGuide:
             {"index": index, "iteration": iteration, "loss": losses.detach().tolist(), "grad_rms": rms.tolist()}
         )
         return losses.detach(), grad
+
+    def _forward(self, z: torch.Tensor, timestep: torch.Tensor) -> None:
+        """One denoiser forward that leaves the maps of ``z`` in ``self.maps`` (stopped after the last read layer)."""
+        with self.maps.record():
+            try:
+                self.denoiser(self.scheduler.scale_model_input(z, timestep), timestep, **self.conditioning)
+                self.maps.completed()
+            except StopForward:
+                pass
 
     def __call__(self, latents: torch.Tensor, index: int, timestep: torch.Tensor) -> torch.Tensor:
         """The latents to denoise at loop index ``index`` (unchanged where the schedule does not act).

@@ -16,9 +16,9 @@ The branches are normalised separately and added, the linear one weighted per he
 is its sliding-window branch alone; where the window covers the input that branch runs the replaced module's
 own attention function, and :func:`apply_hybrid_attention` leaves the model's outputs unchanged bit for bit.
 On longer inputs the swap is sliding-window attention until the linear branch is trained: the hybrid is a
-model to fine-tune (Lizard trains the feature maps and gates, then the whole model), not a training-free
-swap. The decay is one scalar per head and step (the head-wise form of GLA's gate), which keeps every decay
-factor ``exp(L_t - L_s)`` of the cumulative log-decay L at most 1.
+model to fine-tune (Lizard first trains the feature maps and gates to match softmax attention, then
+fine-tunes the model), not a training-free swap. The decay is one scalar per head and step (the head-wise form
+of GLA's gate), which keeps every decay factor ``exp(L_t - L_s)`` of the cumulative log-decay L at most 1.
 
 Three equal forms of the linear branch: :func:`gated_linear_attention_reference` (quadratic, masked: the
 oracle), :func:`gated_linear_attention_chunked` (parallel, O(T * chunk)) and the recurrent

@@ -76,8 +76,6 @@ _WAN_NA = {
 _COMPOSE_JOINT = ("PrimeComposer injects self-attention logits (image x image); joint attention has one softmax "
                   "over image and text tokens, so an injection there changes the text weights too "
                   "(docs/composer.md)")
-_STRUCTURED_JOINT = ("not implemented yet: defined for joint attention in docs/structured.md; attention maps "
-                     "work with struct_mode=None")
 
 FAMILIES: dict[str, Family] = {
     family.name: family
@@ -95,13 +93,11 @@ FAMILIES: dict[str, Family] = {
         Family("sd3", "Stable Diffusion 3/3.5",
                ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
                "StableDiffusion3Pipeline", "transformer", ("SD3Transformer2DModel",), "joint",
-               _T2I - {"structured"}, {"structured": _STRUCTURED_JOINT, "compose": _COMPOSE_JOINT,
-                                       "freeswim": _VIDEO_ONLY}),
+               _T2I, {"compose": _COMPOSE_JOINT, "freeswim": _VIDEO_ONLY}),
         Family("flux", "Flux.1",
                ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
                "FluxPipeline", "transformer", ("FluxTransformer2DModel",), "joint",
-               _T2I - {"structured"}, {"structured": _STRUCTURED_JOINT, "compose": _COMPOSE_JOINT,
-                                       "freeswim": _VIDEO_ONLY}),
+               _T2I, {"compose": _COMPOSE_JOINT, "freeswim": _VIDEO_ONLY}),
         Family("pixart", "PixArt-Sigma",
                ("PixArtSigmaPipeline",),
                "PixArtSigmaPipeline", "transformer", ("PixArtTransformer2DModel",), "cross",

@@ -7,6 +7,7 @@ Every batch is a pure function of (seed, phase, step), so a resumed run sees the
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import time
@@ -240,3 +241,23 @@ def save_pipeline(vae, text_encoder, tokenizer, unet, directory: Path) -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(directory, safe_serialization=True)
+
+
+def training_parser(description: str, out: Path, **unet_defaults) -> argparse.ArgumentParser:
+    """The options every training script has (output, seed, threads, UNet phase, checkpoints, time budget);
+    ``unet_defaults`` sets the defaults of ``unet_steps``, ``batch_size``, ``lr``, ``warmup``, ``ema_decay``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=out, help="checkpoint directory")
+    parser.add_argument("--export", type=Path, default=None, help="write the final pipeline here")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="1 avoids OpenMP stalls on a shared machine")
+    parser.add_argument("--unet-steps", type=int, default=unet_defaults["unet_steps"])
+    parser.add_argument("--batch-size", type=int, default=unet_defaults["batch_size"])
+    parser.add_argument("--lr", type=float, default=unet_defaults["lr"])
+    parser.add_argument("--warmup", type=int, default=unet_defaults["warmup"])
+    parser.add_argument("--ema-decay", type=float, default=unet_defaults["ema_decay"])
+    parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this long")
+    return parser

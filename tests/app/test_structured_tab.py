@@ -95,3 +95,22 @@ def test_bad_input_is_a_message_not_a_stack_trace(client, tiny_sd_path, changes,
         _generate(client, **arguments)
     assert message in str(caught.value)
     assert "Traceback" not in str(caught.value)
+
+
+@pytest.mark.skipif(load_english_pipeline() is None, reason="no English spaCy pipeline installed")
+def test_binding_methods_come_from_the_same_seed_with_heat_maps(client, tiny_sd_path):
+    from attnctl import AttendAndExcitePipeline
+
+    excite, syngen, excite_maps, syngen_maps, details = client.predict(
+        str(tiny_sd_path), PROMPT, "", 3, 2, 7.5, api_name="/binding"
+    )
+    direct = AttendAndExcitePipeline.from_pretrained(tiny_sd_path)(
+        PROMPT, max_iter_to_alter=1, num_inference_steps=2, guidance_scale=7.5,
+        generator=torch.Generator("cpu").manual_seed(3),
+    )
+    assert np.array_equal(_pixels(excite), np.asarray(direct.images[0]))
+    assert details["subjects"] == [["circle"], ["square"]]
+    assert details["modifier_sets"] == [{"noun": "circle", "modifiers": ["red"]},
+                                        {"noun": "square", "modifiers": ["blue"]}]
+    for gallery in (excite_maps, syngen_maps):
+        assert [item["caption"] for item in gallery] == ["a", "red", "circle", "and", "a (2)", "blue", "square"]

@@ -145,3 +145,25 @@ def test_user_callback_still_sees_its_tensors(pipes):
     _run(pipes[1], token_indices=[3], max_iter_to_alter=1, callback_on_step_end=callback,
          callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
     assert seen == [["latents", "prompt_embeds"]] * 2
+
+
+@needs_spacy
+def test_sdxl_variants_dispatch_run_and_equal_stock_when_off(tiny_sdxl_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from attnctl import AttendAndExciteXLPipeline, SynGenXLPipeline
+
+    ae = AttendAndExcitePipeline.from_pretrained(tiny_sdxl_path)  # the family's variant, as from_pretrained picks
+    assert isinstance(ae, AttendAndExciteXLPipeline)
+    stock = StableDiffusionXLPipeline(**ae.components)
+    syngen = SynGenXLPipeline(**ae.components)
+    for pipe in (ae, stock, syngen):
+        pipe.set_progress_bar_config(disable=True)
+    call = dict(num_inference_steps=2, output_type="pt")
+    base = stock(PROMPT, generator=torch.Generator().manual_seed(0), **call).images
+    off = ae(PROMPT, scale_factor=0, generator=torch.Generator().manual_seed(0), **call).images
+    assert torch.equal(off, base)
+    guided = ae(PROMPT, max_iter_to_alter=1, thresholds={}, scale_factor=1e5, generator=torch.Generator().manual_seed(0), **call)
+    assert [h["index"] for h in guided.guidance_log] == [0] and not torch.equal(guided.images, base)
+    out = syngen(PROMPT, num_intervention_steps=1, generator=torch.Generator().manual_seed(0), **call)
+    assert [h["index"] for h in out.guidance_log] == [0] and len(out.modifier_sets[0]) == 2
