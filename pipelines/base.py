@@ -53,9 +53,9 @@ class MethodRun:
 
     controls: list[AttentionControl] = field(default_factory=list)
     finish: Callable[[Any], Any] = lambda output: output
+    arguments: dict[str, Any] = field(default_factory=dict)
     rows: RowLayout | None = None  # the batch layout of every pass; default: guidance_rows(prompts x images)
     around: Callable[[], AbstractContextManager] | None = None  # entered inside install() for the call
-    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 class FamilyText:

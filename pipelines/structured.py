@@ -176,7 +176,7 @@ class StructuredMethod(ControlledPipelineMixin):
                 images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
                 phrases=parsed if parsed is not None else [[] for _ in range(num_prompts)], attention_maps=heatmaps)
 
-        return MethodRun(controls, finish, rows, around)
+        return MethodRun(controls, finish, rows=rows, around=around)
 
     def _joint_guidance(self, prompts: list[str] | None, parsed: list[list[Phrase]], call: Mapping[str, Any],
                         images_per_prompt: int):
