@@ -46,8 +46,9 @@ browser-deps:
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update && \
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
+# Two workers (pytest-xdist), one per core: each test runs torch on one thread (tests/conftest.py).
 test: install lint browser-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
