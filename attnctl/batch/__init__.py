@@ -13,8 +13,7 @@ until used, so ``attnctl --help`` stays fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from attnctl._lazy import lazy_getattr
 
 _LAZY = {
     "Job": "attnctl.batch.jobs",
@@ -31,8 +30,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'attnctl.batch' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
