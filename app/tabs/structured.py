@@ -179,6 +179,12 @@ def heatmap_gallery(label: str) -> gr.Gallery:
     )
 
 
+def result_with_maps(label: str) -> tuple[gr.Image, gr.Gallery]:
+    """A column: one method's image and, below it, where every prompt token attended."""
+    with gr.Column(min_width=240):
+        return result_image(label), heatmap_gallery(f"{label}: attention per token")
+
+
 def build(models: ModelCache, model_box: gr.Textbox) -> None:
     """The tab's inputs, outputs and events (API names ``/structured`` and ``/parse_phrases``)."""
     with gr.Tab("Structured text-to-image", id="structured", elem_id="structured-tab"):
@@ -215,19 +221,11 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                 run_button = gr.Button("Generate", variant="primary")
             with gr.Column(scale=3):
                 with gr.Row():
-                    with gr.Column(min_width=240):
-                        stock_image = result_image("Stock")
-                        stock_maps = heatmap_gallery("Stock: attention per token")
-                    with gr.Column(min_width=240):
-                        structured_image = result_image("Structured")
-                        structured_maps = heatmap_gallery("Structured: attention per token")
+                    stock_image, stock_maps = result_with_maps("Stock")
+                    structured_image, structured_maps = result_with_maps("Structured")
                 with gr.Row():
-                    with gr.Column(min_width=240):
-                        excite_image = result_image("Attend-and-Excite")
-                        excite_maps = heatmap_gallery("Attend-and-Excite: attention per token")
-                    with gr.Column(min_width=240):
-                        syngen_image = result_image("SynGen")
-                        syngen_maps = heatmap_gallery("SynGen: attention per token")
+                    excite_image, excite_maps = result_with_maps("Attend-and-Excite")
+                    syngen_image, syngen_maps = result_with_maps("SynGen")
                 with gr.Accordion("Run details", open=False):
                     details = gr.JSON(label="Run details", show_label=False)
                     binding_details = gr.JSON(label="Binding methods", show_label=False)
