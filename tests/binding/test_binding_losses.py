@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import pytest
 import torch
+from toy_guide import toy_guide
 
 from attnctl.binding import AttendExciteLoss, ModifierIndices, SynGenLoss, spatial_distributions, symmetric_kl
-from attnctl.guidance import GuidanceSchedule, LatentGuide, gaussian_kernel
+from attnctl.guidance import GuidanceSchedule, gaussian_kernel
 
 
 def _literal_excite(maps_row: torch.Tensor, subjects) -> float:
@@ -101,36 +101,9 @@ def test_syngen_loss_k_modifiers_word_pieces_and_empty_rows():
     assert SynGenLoss([sets])(identical).item() == 0.0
 
 
-class _SoftmaxMaps:
-    """Toy map source: maps = softmax over the token axis of the latents (rows, tokens, h, w)."""
-
-    def __init__(self):
-        self.latest = None
-
-    def record(self):
-        return nullcontext()
-
-    recorded = True
-
-    def completed(self):
-        return None
-
-    def maps(self):
-        return self.latest.softmax(dim=1)
-
-
-class _Identity:
-    def scale_model_input(self, sample, timestep):
-        return sample
-
-
 def _one_update(loss, latents, alpha):
-    maps = _SoftmaxMaps()
-
-    def denoiser(sample, timestep, **kwargs):
-        maps.latest = sample
-
-    guide = LatentGuide(denoiser, _Identity(), maps, loss, GuidanceSchedule((alpha,), update_steps=1), {})
+    """One latent update, the maps being the latents softmaxed over the token axis (rows, tokens, h, w)."""
+    guide = toy_guide(loss, GuidanceSchedule((alpha,), update_steps=1), view=lambda latents: latents.softmax(dim=1))
     return guide(latents, 0, torch.tensor(0))
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from toy_guide import toy_guide
 
 from attnctl.core import AttentionController
 from attnctl.guidance import (
@@ -159,40 +160,10 @@ def test_unknown_resolution_names_the_grids(unet):
         guide(torch.randn(1, 4, 32, 32), 0, torch.tensor(10))
 
 
-class _ToyMaps:
-    """Stands in for GradientMaps: the "maps" are the latents themselves (rows, 1, h, w)."""
-
-    def __init__(self):
-        self.latest = None
-
-    def record(self):
-        from contextlib import nullcontext
-
-        return nullcontext()
-
-    recorded = True
-
-    def completed(self):
-        return None
-
-    def maps(self):
-        return self.latest
-
-
-class _Identity:
-    def scale_model_input(self, sample, timestep):
-        return sample
-
-
 def _toy_guide(targets, update_steps, max_refinement_steps=20, step=0.5):
-    maps = _ToyMaps()
-
-    def denoiser(sample, timestep, **kwargs):
-        maps.latest = sample
-
     schedule = GuidanceSchedule((step,) * 3, update_steps=update_steps, targets=targets,
                                 max_refinement_steps=max_refinement_steps)
-    return LatentGuide(denoiser, _Identity(), maps, lambda m: m.flatten(1).sum(1), schedule, {})
+    return toy_guide(lambda m: m.flatten(1).sum(1), schedule)
 
 
 def test_refinement_updates_until_the_target_then_one_regular_update():
