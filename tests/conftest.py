@@ -30,6 +30,18 @@ def tiny_sd_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def load_tiny_sd(tiny_sd_path):
+    """``load_tiny_sd(pipeline_class)``: that pipeline loaded from the tiny SD folder, its progress bar off."""
+
+    def load(pipeline_class):
+        pipeline = pipeline_class.from_pretrained(tiny_sd_path)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def tiny_wan_path(tmp_path_factory):
     """A tiny *stock* ``WanPipeline`` written with ``save_pretrained``, like a Hub checkpoint."""
     from attnctl.models.tiny_wan import save_tiny_wan_pipeline
