@@ -34,11 +34,11 @@ from attnctl.models.training import (
     Checkpointer,
     batch_rng,
     build_text_encoder,
-    build_tokenizer,
     build_unet,
     encode_captions,
     learning_rate,
     save_pipeline,
+    start_training,
     train_denoiser,
     training_parser,
 )
@@ -175,13 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     from diffusers import AutoencoderKL
 
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    deadline = time.monotonic() + (args.max_minutes * 60 if args.max_minutes else math.inf)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(args.out / "tokenizer")
-    checkpointer = Checkpointer(args.out / "checkpoint.pt", args.checkpoint_minutes)
-    state = checkpointer.load(default={"phase": "clip", "step": 0})
-    state["args"] = {k: str(v) for k, v in vars(args).items()}
+    deadline, tokenizer, checkpointer, state = start_training(args, "clip")
     torch.manual_seed(args.seed)
     clip = build_clip(tokenizer)
     if "clip" in state:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -31,9 +30,9 @@ from attnctl.models.training import (
     Checkpointer,
     batch_rng,
     build_text_encoder,
-    build_tokenizer,
     build_unet,
     save_pipeline,
+    start_training,
     train_denoiser,
     training_parser,
 )
@@ -194,14 +193,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    deadline = time.monotonic() + (args.max_minutes * 60 if args.max_minutes else math.inf)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(args.out / "tokenizer")
-    checkpointer = Checkpointer(args.out / "checkpoint.pt", args.checkpoint_minutes)
+    deadline, tokenizer, checkpointer, state = start_training(args, "vae")
     path = checkpointer.path
-    state = checkpointer.load(default={"phase": "vae", "step": 0})
-    state["args"] = {k: str(v) for k, v in vars(args).items()}
 
     torch.manual_seed(args.seed)
     vae, text_encoder, unet = build_vae(), build_text_encoder(tokenizer), build_unet()

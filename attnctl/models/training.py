@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import time
 from collections.abc import Callable
@@ -143,6 +144,20 @@ class Checkpointer:
     def load(self, default: dict) -> dict:
         """The saved state, or ``default`` when there is no checkpoint yet."""
         return torch.load(self.path, weights_only=True) if self.path.exists() else default
+
+
+def start_training(args: argparse.Namespace, first_phase: str) -> tuple[float, object, Checkpointer, dict]:
+    """What a training script does first: ``args.threads`` threads, the ``--max-minutes`` deadline (a
+    ``time.monotonic`` time), ``args.out`` with its tokenizer, and the checkpointed state (a fresh one at step 0
+    of ``first_phase``) recording the arguments. Returns (deadline, tokenizer, checkpointer, state)."""
+    torch.set_num_threads(args.threads)
+    deadline = time.monotonic() + (args.max_minutes * 60 if args.max_minutes else math.inf)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(args.out / "tokenizer")
+    checkpointer = Checkpointer(args.out / "checkpoint.pt", args.checkpoint_minutes)
+    state = checkpointer.load(default={"phase": first_phase, "step": 0})
+    state["args"] = {k: str(v) for k, v in vars(args).items()}
+    return deadline, tokenizer, checkpointer, state
 
 
 def diffusion_loss(unet, vae, text_states: torch.Tensor, images: torch.Tensor, generator, noise_scheduler):
