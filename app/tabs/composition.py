@@ -27,7 +27,7 @@ from ..validation import (
     user_error,
     user_errors,
 )
-from ..widgets import result_image, seed_box, steps_slider
+from ..widgets import method_tab, result_image, seed_box, steps_slider
 
 MASK_CAPTIONS = {  # the pipeline's mask name -> caption
     "target": "target box",
@@ -39,6 +39,15 @@ DEFAULTS = ComposerConfig()
 #: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
 CONTROLS = {"steps": "Steps", "guidance": "Guidance", "domain": "Domain", "tau_a": "tau_a", "tau_b": "tau_b",
             "tau_c": "tau_c", "faithful": "Faithful to the released code"}
+
+
+INTRO = (  # the tab's opening paragraph
+    "PrimeComposer (Wang et al., ACM MM 2024): the subject is placed in the target box and "
+    "harmonised "
+    "with attention steering while the rest of the background is kept. Paint the target region on "
+    "the background (or type a box) and paint over the subject to mask it (or upload a mask, white "
+    "marks the subject)."
+)
 
 
 def compose(
@@ -138,14 +147,7 @@ def editor(label: str) -> gr.ImageEditor:
 
 def build(models: ModelCache, model_box: gr.Textbox) -> None:
     """The tab's inputs, outputs and events (API name ``/compose``)."""
-    with gr.Tab("Composition", id="composition", elem_id="composition-tab"):
-        gr.Markdown(
-            "PrimeComposer (Wang et al., ACM MM 2024): the subject is placed in the target box and "
-            "harmonised "
-            "with attention steering while the rest of the background is kept. Paint the target region on "
-            "the background (or type a box) and paint over the subject to mask it (or upload a mask, white "
-            "marks the subject)."
-        )
+    with method_tab("Composition", "composition", INTRO):
         with gr.Row(equal_height=False):
             with gr.Column(min_width=280):
                 background = editor("Background")

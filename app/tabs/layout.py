@@ -17,7 +17,7 @@ from ..models import MODEL_QUEUE, ModelCache
 from ..progress import step_progress
 from ..regions import layer_boxes, phrase_regions
 from ..validation import capped, required_text, seeded_generator, spec_values, user_errors
-from ..widgets import result_image, seed_box, steps_slider
+from ..widgets import method_tab, result_image, seed_box, steps_slider
 
 #: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
 CONTROLS = {"steps": "Steps", "guidance": "Guidance", "layout_mode": "Mode", "layout_strength": "Bias strength",
@@ -40,6 +40,16 @@ EXAMPLES = [  # prompt, regions, seed
         1,
     ],
 ]
+
+
+INTRO = (  # the tab's opening paragraph
+    "Layout-guided generation. *forbid*: a phrase's tokens may only be attended to from inside its box "
+    "(PrimeComposer's region-constrained cross-attention). *bias*: eDiff-I's paint-with-words bias, "
+    "positive inside the box and negative outside. *prompts*: each box takes its cross-attention from "
+    "its own line as a prompt, mixed with the prompt as base (Regional Prompter). Type a box after a "
+    "phrase, or leave it off and paint the phrase's box on its layer (line k: layer *Region k*). "
+    "docs/layout.md says what each mode achieves on the embedded model."
+)
 
 
 def pixel_box(box: tuple[float, float, float, float], image: Image.Image) -> tuple[int, int, int, int]:
@@ -126,15 +136,7 @@ def generate(
 
 def build(models: ModelCache, model_box: gr.Textbox) -> None:
     """The tab's inputs, outputs and events (API name ``/layout``)."""
-    with gr.Tab("Layout", id="layout", elem_id="layout-tab"):
-        gr.Markdown(
-            "Layout-guided generation. *forbid*: a phrase's tokens may only be attended to from inside its box "
-            "(PrimeComposer's region-constrained cross-attention). *bias*: eDiff-I's paint-with-words bias, "
-            "positive inside the box and negative outside. *prompts*: each box takes its cross-attention from "
-            "its own line as a prompt, mixed with the prompt as base (Regional Prompter). Type a box after a "
-            "phrase, or leave it off and paint the phrase's box on its layer (line k: layer *Region k*). "
-            "docs/layout.md says what each mode achieves on the embedded model."
-        )
+    with method_tab("Layout", "layout", INTRO):
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle and a blue square")

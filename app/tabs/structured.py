@@ -32,7 +32,7 @@ from ..validation import (
     user_error,
     user_errors,
 )
-from ..widgets import result_image, seed_box, steps_slider
+from ..widgets import method_tab, result_image, seed_box, steps_slider
 
 #: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
 CONTROLS = {"steps": "Steps", "guidance": "Guidance", "struct_mode": "Mode"}
@@ -46,6 +46,15 @@ EXAMPLES = [  # prompt, phrases (empty: parse), mode, seed
         2,
     ],
 ]
+
+
+INTRO = (  # the tab's opening paragraph
+    "Noun phrases of the prompt are encoded on their own and fed to every cross-attention layer "
+    "(Feng et al., ICLR 2023). Attend-and-Excite (Chefer et al., 2023) strengthens the most neglected "
+    "subject's attention and SynGen (Rassin et al., 2023) pulls each modifier's attention onto its noun, "
+    "both by moving the latents in the first half of the steps. All four images use the same seed; "
+    "below each, where every prompt token attended (cross-attention averaged over layers, heads and steps)."
+)
 
 
 def parse(models: ModelCache, model: str, prompt: str) -> str:
@@ -187,14 +196,7 @@ def result_with_maps(label: str) -> tuple[gr.Image, gr.Gallery]:
 
 def build(models: ModelCache, model_box: gr.Textbox) -> None:
     """The tab's inputs, outputs and events (API names ``/structured`` and ``/parse_phrases``)."""
-    with gr.Tab("Structured text-to-image", id="structured", elem_id="structured-tab"):
-        gr.Markdown(
-            "Noun phrases of the prompt are encoded on their own and fed to every cross-attention layer "
-            "(Feng et al., ICLR 2023). Attend-and-Excite (Chefer et al., 2023) strengthens the most neglected "
-            "subject's attention and SynGen (Rassin et al., 2023) pulls each modifier's attention onto its noun, "
-            "both by moving the latents in the first half of the steps. All four images use the same seed; "
-            "below each, where every prompt token attended (cross-attention averaged over layers, heads and steps)."
-        )
+    with method_tab("Structured text-to-image", "structured", INTRO):
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle and a blue square")
