@@ -84,6 +84,13 @@ class ModelCache:
                 self._models.popitem(last=False)  # the least recently used model
             return pipelines[pipeline_class]
 
+    def image_pipeline(self, model: str | None, method: MethodSpec) -> DiffusionPipeline:
+        """:meth:`get`, then a clear error unless the model's native image size fits this server's pixel cap."""
+        pipe = self.get(model, method)
+        side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.limits.check_pixels(side, side, "The model's image size")
+        return pipe
+
     def _load(self, source: str, pipeline_class: type, sibling: DiffusionPipeline | None) -> DiffusionPipeline:
         try:
             if sibling is not None:
