@@ -4,7 +4,6 @@ the boxes drawn over the result."""
 
 from __future__ import annotations
 
-import time
 from functools import partial
 
 import gradio as gr
@@ -14,7 +13,7 @@ from attnctl.methods.regional import LAYOUT_MODES, SPECIAL_MASKS
 from attnctl.methods.regional import SPEC as REGIONAL
 
 from ..models import MODEL_QUEUE, ModelCache
-from ..progress import step_progress
+from ..progress import staged_runs
 from ..regions import layer_boxes, phrase_regions
 from ..validation import capped, required_text, seeded_generator, spec_values, user_errors
 from ..widgets import method_tab, result_image, seed_box, steps_slider
@@ -94,29 +93,16 @@ def generate(
     steps = capped(values["steps"], models.limits.max_steps, "Steps", "--max-steps")
     guidance = values["guidance"]
     seeded_generator(seed)  # check the seed before loading anything
-    pipe = models.get(model, REGIONAL)
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    models.limits.check_pixels(side, side, "The model's image size")
+    pipe = models.image_pipeline(model, REGIONAL)
     deadline = models.limits.deadline()
     pairs = [(phrase, box) for phrase, box, _ in regions]
     if layout["layout_mode"] != "prompts":
         with user_errors():
             pipe.region_tokens(prompt, pairs)  # a phrase missing from the prompt fails before any denoising
-    results, seconds = {}, {}
-    for index, (stage, stage_regions) in enumerate((("stock", None), ("layout", pairs))):
-        started = time.perf_counter()
-        with user_errors():
-            results[stage] = pipe(
-                prompt,
-                negative_prompt=negative.strip() or None,
-                regions=stage_regions,
-                **layout,
-                generator=seeded_generator(seed),
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps, deadline),
-            )
-        seconds[stage] = round(time.perf_counter() - started, 3)
+    results, seconds = staged_runs(
+        pipe, [("stock", {"regions": None}), ("layout", {"regions": pairs})], progress, steps, deadline, seed,
+        prompt=prompt, negative_prompt=negative.strip() or None, **layout, guidance_scale=guidance,
+    )
     image = results["layout"].images[0]
     boxes = [(pixel_box(box, image), phrase) for phrase, box, _ in regions]
     details = {

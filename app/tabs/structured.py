@@ -22,7 +22,7 @@ from attnctl.structured import STRUCT_MODES
 
 from ..heatmaps import token_overlays
 from ..models import MODEL_QUEUE, ModelCache
-from ..progress import step_progress
+from ..progress import staged_runs, step_progress
 from ..validation import (
     capped,
     phrase_lines,
@@ -88,29 +88,17 @@ def generate(
     guidance = values["guidance"]
     given = phrase_lines(phrases)
     seeded_generator(seed)  # check the seed before loading anything
-    pipe = models.get(model, STRUCTURED)
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    models.limits.check_pixels(side, side, "The model's image size")
+    pipe = models.image_pipeline(model, STRUCTURED)
     deadline = models.limits.deadline()
     if given is not None:
         with user_errors():
             pipe.parse_phrases(prompt, given)  # a phrase missing from the prompt fails before any denoising
-    results, seconds = {}, {}
-    for index, (stage, struct_mode) in enumerate((("stock", None), ("structured", mode))):
-        started = time.perf_counter()
-        with user_errors():
-            results[stage] = pipe(
-                prompt,
-                negative_prompt=negative.strip() or None,
-                struct_mode=struct_mode,
-                phrases=given if struct_mode else None,
-                return_attention_maps=True,
-                generator=seeded_generator(seed),
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps, deadline),
-            )
-        seconds[stage] = round(time.perf_counter() - started, 3)
+    stages = [("stock", {"struct_mode": None, "phrases": None}),
+              ("structured", {"struct_mode": mode, "phrases": given})]
+    results, seconds = staged_runs(
+        pipe, stages, progress, steps, deadline, seed, prompt=prompt, negative_prompt=negative.strip() or None,
+        return_attention_maps=True, guidance_scale=guidance,
+    )
     stock, structured = results["stock"], results["structured"]
     used = structured.phrases[0]
     details = {
