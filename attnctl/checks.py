@@ -514,11 +514,15 @@ def _words(name: str, value: Any) -> None:
     text_list(name, value)
 
 
+#: A softmax scale above this overflows float32 logits to inf (NaN frames); stock scales are about 0.1.
+MAX_ATTENTION_SCALE = 100.0
+
+
 def _attention_scale(name: str, value: Any) -> None:
     if value is None or value == "entropy":
         return
-    if not (_real(value) and math.isfinite(value) and value > 0):
-        raise fail(name, value, "'entropy', None (stock 1/sqrt(d)) or a finite positive number")
+    if not (_real(value) and math.isfinite(value) and 0 < value <= MAX_ATTENTION_SCALE):
+        raise fail(name, value, f"'entropy', None (stock 1/sqrt(d)) or a number in (0, {MAX_ATTENTION_SCALE:g}]")
 
 
 def _image_input(name: str, value: Any) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from scipy.stats import binomtest
 
-from attnctl.cli.common import resolve_model
+from attnctl.cli.common import model_argument
 from attnctl.shapes.checker import detect_shapes
 from attnctl.shapes.compositions import held_out_composition_prompts, seen_twin_prompts
 from attnctl.shapes.evaluation import (
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from attnctl import StructuredDiffusionPipeline
 
-    model = resolve_model(args.model)
+    model = model_argument(args.model)
     sets = {name: PROMPT_SETS[name]() for name in args.sets}
     sets = {name: spread(prompts, args.prompts or len(prompts)) for name, prompts in sets.items()}
     prompts = [p for chosen in sets.values() for p in chosen]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnctl.cli.common import resolve_model
+from attnctl.cli.common import model_argument
 from attnctl.models.contrastive import image_embeddings, text_embeddings, twin_retrieval
 from attnctl.shapes.compositions import (
     composition_prompts,
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import CLIPModel, CLIPTokenizer
 
     torch.set_num_threads(args.threads)
-    model = Path(resolve_model(args.model))
+    model = Path(model_argument(args.model))
     clip = CLIPModel.from_pretrained(model / "clip").eval()
     tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
     prompts = all_two_object_prompts()

@@ -10,8 +10,8 @@ frames, 15 x 15 tokens), batch 1, 2 heads, head dim 64, float32, on CPU. Methods
 
 Every (method, grid) case runs in a fresh child process so that its peak resident memory is its own: the
 kernel's high-water mark (VmHWM, reset after a warm-up call) above the resident size with inputs in place.
-Time is the best (and median) of ``--repeats`` calls after the warm-up; CPU time (all threads) is reported too,
-as it is steadier than wall time on a machine shared with other jobs. Children run with
+Time is the best and median of ``--repeats`` calls after the warm-up (ratios of medians); CPU time (all threads,
+best call) is reported too, as it is steadier than wall time on a machine shared with other jobs. Children run with
 ``OMP_WAIT_POLICY=PASSIVE`` so waiting OpenMP threads sleep instead of spinning.
 
     nice -n 10 python benchmarks/bench_freeswim_kernel.py [--grids 8x32x32 8x64x64 8x96x96] [--threads 2]
@@ -132,7 +132,7 @@ def main() -> None:
     print(f"# FreeSwim window-attention kernel, window {'x'.join(map(str, WINDOW))}, batch 1, 2 heads, head dim 64")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}")
-    print("| grid | tokens | method | best ms | median ms | CPU ms | peak MiB | vs full (wall) | vs full (CPU) | warm-up s |")
+    print("| grid | tokens | method | best ms | median ms | CPU ms | peak MiB | vs full (median wall) | vs full (CPU) | warm-up s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for text in args.grids:
         grid = parse_grid(text)
@@ -152,7 +152,7 @@ def main() -> None:
             if "best_ms" not in result:
                 print(f"| {text} | {tokens} | {method} | {result.get('skip') or result.get('error')} | | | | | | |")
                 continue
-            wall = f"{full['best_ms'] / result['best_ms']:.2f}x" if "best_ms" in full else ""
+            wall = f"{full['median_ms'] / result['median_ms']:.2f}x" if "median_ms" in full else ""
             cpu = f"{full['cpu_ms'] / result['cpu_ms']:.2f}x" if "cpu_ms" in full else ""
             note = f" ({result['note']})" if "note" in result else ""
             print(

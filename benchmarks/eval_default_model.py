@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from attnctl.cli.common import resolve_model
+from attnctl.cli.common import model_argument
 from attnctl.shapes.checker import detect_shapes
 from attnctl.shapes.evaluation import (
     all_objects_drawn,
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     from diffusers import StableDiffusionPipeline
 
     torch.set_num_threads(args.threads)
-    model = resolve_model(args.model)
+    model = model_argument(args.model)
     pipe = StableDiffusionPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     call_kwargs = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}

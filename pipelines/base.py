@@ -23,7 +23,6 @@ The mixin then gives the variant
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -52,8 +51,6 @@ class MethodRun:
         rows: the batch layout of every pass; ``None``: ``guidance_rows(prompts x images per prompt)``.
         around: a context entered inside the installed controller for the call (extra phrase rows, SD3/Flux).
         arguments: parent call arguments the method replaces (regional prompts' ``prompt=base_prompt``).
-        runner: ``(parent_call, arguments) -> parent output``, for methods that run the parent call themselves
-            (gradient guidance of the latents, :func:`attnctl.guidance.guided_call`); ``None``: the mixin does.
     """
 
     controls: list[AttentionControl] = field(default_factory=list)
@@ -61,7 +58,6 @@ class MethodRun:
     rows: RowLayout | None = None
     around: Callable[[], AbstractContextManager] | None = None
     arguments: dict[str, Any] = field(default_factory=dict)
-    runner: Callable[[Callable[..., Any], dict[str, Any]], Any] | None = None
 
 
 class FamilyText:
@@ -334,9 +330,7 @@ class ControlledPipelineMixin(FamilyPipelineMixin):
         run = self.prepare(_ReadOnly(call), **method_kwargs)
         return_dict = passed.pop("return_dict", True)
         passed.update(run.arguments)
-        if run.runner is not None:
-            output = run.runner(functools.partial(parent.__call__, self), {**passed, "return_dict": True})
-        elif run.controls:
+        if run.controls:
             rows = run.rows or guidance_rows(self.conditional_row_count(call))
             with self.install(run.controls, rows), (run.around or nullcontext)():
                 output = parent.__call__(self, **passed, return_dict=True)

@@ -27,9 +27,10 @@ from diffusers.utils import BaseOutput
 
 from attnctl.composer import box_cells
 from attnctl.core import AttentionCall
-from attnctl.layout import LayoutSettings, layout_controls, layout_runner
+from attnctl.layout import LayoutSettings, layout_controls, layout_guidance
 
-from .base import ControlledPipelineMixin, MethodRun
+from .base import MethodRun
+from .guided import GuidedMethodMixin
 
 Box = Sequence[float]
 RegionInput = tuple[str | Sequence[int], Box]
@@ -67,7 +68,7 @@ def conditional_rows(call: AttentionCall) -> slice:
     return call.rows.get("cond", slice(0, 0))
 
 
-class RegionalMethod(ControlledPipelineMixin):
+class RegionalMethod(GuidedMethodMixin):
     """Region-constrained cross-attention, whatever the family; the variants below pick the parent pipeline."""
 
     def region_tokens(self, prompt: str | list[str] | None, regions: Sequence[RegionInput],
@@ -138,7 +139,7 @@ class RegionalMethod(ControlledPipelineMixin):
         tokens = [[] for _ in regions] if prompts_mode else self.region_tokens(call["prompt"], regions, call)
         encodings = self.region_encodings(settings, regions, call) if prompts_mode and regions else None
         controls = layout_controls(self, settings, call, boxes, tokens, conditional_rows, encodings)
-        runner = layout_runner(self, settings, call, boxes, tokens)
+        guidance = layout_guidance(self, settings, call, boxes, tokens)
 
         def finish(output) -> RegionalDiffusionPipelineOutput:
             size = self.image_size(call)
@@ -148,7 +149,9 @@ class RegionalMethod(ControlledPipelineMixin):
                 region_masks=masks, region_tokens=tokens)
 
         arguments = {"prompt": base_prompt} if prompts_mode and base_prompt is not None else {}
-        return MethodRun(controls, finish, arguments=arguments, runner=runner)
+        if guidance is not None:  # the latents move by gradient (attnctl.guidance, as Attend-and-Excite)
+            return self.guided_run(call, *guidance, None, True, False, lambda output, _maps, _log: finish(output))
+        return MethodRun(controls, finish, arguments=arguments)
 
 
 class RegionalDiffusionPipeline(RegionalMethod, StableDiffusionPipeline):

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from attnctl.checks import PIPELINE_ARGUMENTS, SIDES, check_call
@@ -94,6 +94,8 @@ def test_structured_runs_every_value_it_accepts_to_a_finite_image(pipelines, nam
 @pytest.mark.parametrize("name", ["attention_scale", "cache_interval", "strength"])
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=FINITE_NUMBERS)
+@example(value=100.0)
+@example(value=5.47830089106676e37)  # once found by this test: a finite scale that overflowed to NaN frames
 def test_freeswim_runs_every_value_it_accepts_to_finite_frames(pipelines, name, value):
     pipe = pipelines["FreeSwimPipeline"]
     kwargs = dict(prompt="a cat", height=32, width=32, native_height=16, native_width=32, num_frames=1,

@@ -19,8 +19,8 @@ from ..validation import capped, required_text, seeded_generator, spec_values, u
 from ..widgets import method_tab, result_image, seed_box, steps_slider
 
 #: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
-CONTROLS = {"steps": "Steps", "guidance": "Guidance", "layout_mode": "Mode", "layout_strength": "Bias strength",
-            "layout_until": "Biased fraction of steps", "mask_special": "Drop end-of-text and padding keys",
+CONTROLS = {"steps": "Steps", "guidance": "Guidance", "layout_mode": "Mode", "layout_strength": "Strength",
+            "layout_until": "Fraction of steps", "mask_special": "Drop end-of-text and padding keys",
             "base_ratio": "Base ratio"}
 #: The layout-mode controls, passed to the pipeline under their param names.
 MODE_CONTROLS = ("layout_mode", "layout_strength", "layout_until", "mask_special", "base_ratio")
@@ -158,8 +158,9 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                 mode = gr.Radio(list(LAYOUT_MODES), value="forbid", label=CONTROLS["layout_mode"])
                 with gr.Accordion("Mode settings", open=False):
                     with gr.Row():
-                        strength = gr.Slider(0, 4, value=1.0, step=0.05, label=CONTROLS["layout_strength"] + " (bias)")
-                        until = gr.Slider(0.05, 1, value=1.0, step=0.05, label=CONTROLS["layout_until"] + " (bias)")
+                        strength = gr.Number(value=1.0, minimum=0, label=CONTROLS["layout_strength"],
+                                             info="bias: eDiff-I's w (0.5 measured); guidance: step size (1000)")
+                        until = gr.Slider(0.05, 1, value=1.0, step=0.05, label=CONTROLS["layout_until"] + " (bias, guidance)")
                     mask_special = gr.Radio(
                         list(SPECIAL_MASKS), value="off", label=CONTROLS["mask_special"] + " (forbid, bias)",
                         info="They carry the whole prompt to every pixel; drop them inside the boxes or everywhere.",

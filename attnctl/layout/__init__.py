@@ -6,7 +6,7 @@ from .build import (
     SPECIAL_MASKS,
     LayoutSettings,
     layout_controls,
-    layout_runner,
+    layout_guidance,
     noise_level,
     special_positions,
 )
@@ -27,7 +27,7 @@ __all__ = [
     "ediffi_bias",
     "latent_step",
     "layout_controls",
-    "layout_runner",
+    "layout_guidance",
     "layout_schedule",
     "noise_level",
     "paint_matrix",

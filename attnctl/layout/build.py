@@ -145,7 +145,7 @@ def layout_controls(
 ) -> list[AttentionControl]:
     """The controls for one pipeline call (``call``: its arguments); empty when there are no regions, so the
     stock pipeline runs."""
-    if not boxes or settings.mode == "guidance":  # guidance moves the latents: see layout_runner
+    if not boxes or settings.mode == "guidance":  # guidance moves the latents: see layout_guidance
         return []
     if settings.mode == "prompts":
         weights = settings.region_weights or [1.0] * len(boxes)
@@ -164,11 +164,11 @@ def layout_controls(
                                 settings.mask_special, rows)]
 
 
-def layout_runner(pipe, settings: LayoutSettings, call: Mapping[str, Any], boxes: Sequence[Box],
-                  tokens: Sequence[Sequence[int]]) -> Callable[[Callable[..., Any], dict[str, Any]], Any] | None:
-    """``guidance`` mode: ``(parent_call, arguments) -> output``, the parent's own call with the latents guided
-    by :class:`~attnctl.layout.guidance.BoxMassLoss` through :func:`attnctl.guidance.guided_call` (the machinery
-    Attend-and-Excite uses). ``None`` in the other modes and when guidance is off (no regions, strength 0)."""
+def layout_guidance(pipe, settings: LayoutSettings, call: Mapping[str, Any], boxes: Sequence[Box],
+                    tokens: Sequence[Sequence[int]]) -> tuple[Callable, Any] | None:
+    """``guidance`` mode: (loss, schedule) for the shared guidance machinery (:mod:`attnctl.guidance`, the one
+    Attend-and-Excite uses): :class:`~attnctl.layout.guidance.BoxMassLoss` and Chen et al.'s ``eta sigma_t^2``
+    steps. ``None`` in the other modes and when guidance is off (no regions, strength 0)."""
     if settings.mode != "guidance" or not boxes or settings.strength == 0:
         return None
     alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
@@ -177,14 +177,8 @@ def layout_runner(pipe, settings: LayoutSettings, call: Mapping[str, Any], boxes
                          f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} is not one")
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 
-    from ..guidance import GradientMaps, guided_call
     from .guidance import BoxMassLoss, layout_schedule
 
-    def run(parent_call: Callable[..., Any], arguments: dict[str, Any]) -> Any:
-        timesteps, _ = retrieve_timesteps(pipe.scheduler, call["num_inference_steps"], "cpu", call.get("timesteps"),
-                                          call.get("sigmas"))
-        schedule = layout_schedule(settings.strength, settings.until, alphas, timesteps.tolist())
-        output, _ = guided_call(pipe, parent_call, arguments, BoxMassLoss(boxes, tokens), schedule, GradientMaps())
-        return output
-
-    return run
+    timesteps, _ = retrieve_timesteps(pipe.scheduler, call["num_inference_steps"], "cpu", call.get("timesteps"),
+                                      call.get("sigmas"))
+    return BoxMassLoss(boxes, tokens), layout_schedule(settings.strength, settings.until, alphas, timesteps.tolist())

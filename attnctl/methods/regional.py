@@ -55,7 +55,7 @@ SPEC = MethodSpec(
               '"prompts" (regional prompts), "guidance" (latent guidance by gradient)', "layout_mode",
               Choice(LAYOUT_MODES), default='"forbid"'),
         Param("layout_strength", "bias mode: eDiff-I's strength w; guidance mode: step size eta", "layout_strength",
-              Number(0.0, 100.0), default="1.0"),
+              Number(0.0, 10_000.0), default="1.0"),
         Param("layout_until", "bias/guidance modes: fraction of the steps biased or guided", "layout_until",
               Number(0.0, 1.0, open_low=True), default="1.0"),
         Param("mask_special", 'drop end-of-text and padding keys: "off", "boxes", "all"', "mask_special",

@@ -91,6 +91,12 @@ def _pad_sets(sets: torch.Tensor, weights: torch.Tensor, num_sets: int) -> tuple
     return sets, weights
 
 
+def _version(tensor: torch.Tensor) -> int | None:
+    """The in-place version counter; inference tensors (``torch.inference_mode``) have none, and identity is
+    what the cache can check there."""
+    return None if tensor.is_inference() else tensor._version
+
+
 class StructuredControl(AttentionControl):
     """Feeds the phrase-aligned encodings to every cross-attention layer, for the conditional rows only.
 
@@ -122,10 +128,10 @@ class StructuredControl(AttentionControl):
         cond = self._conditional_rows(call)
         if self._cache is not None:
             states, version, rows, sets = self._cache
-            if states is encoder_hidden_states and version == encoder_hidden_states._version and rows == cond:
+            if states is encoder_hidden_states and version == _version(encoder_hidden_states) and rows == cond:
                 return sets
         sets = self._build(encoder_hidden_states, cond)
-        self._cache = (encoder_hidden_states, encoder_hidden_states._version, cond, sets)
+        self._cache = (encoder_hidden_states, _version(encoder_hidden_states), cond, sets)
         return sets
 
     def _conditional_rows(self, call: AttentionCall) -> tuple[int, int]:

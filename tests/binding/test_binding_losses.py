@@ -102,8 +102,8 @@ def test_syngen_loss_k_modifiers_word_pieces_and_empty_rows():
 
 
 def _one_update(loss, latents, alpha):
-    """One latent update, the maps being the latents softmaxed over the token axis (rows, tokens, h, w)."""
-    guide = toy_guide(loss, GuidanceSchedule((alpha,), update_steps=1), view=lambda latents: latents.softmax(dim=1))
+    """One update with maps = softmax over the token axis of the latents (rows, tokens, h, w)."""
+    guide = toy_guide(loss, GuidanceSchedule((alpha,), update_steps=1), lambda x: x.softmax(dim=1))
     return guide(latents, 0, torch.tensor(0))
 
 

@@ -163,7 +163,7 @@ def test_unknown_resolution_names_the_grids(unet):
 def _toy_guide(targets, update_steps, max_refinement_steps=20, step=0.5):
     schedule = GuidanceSchedule((step,) * 3, update_steps=update_steps, targets=targets,
                                 max_refinement_steps=max_refinement_steps)
-    return toy_guide(lambda m: m.flatten(1).sum(1), schedule)
+    return toy_guide(lambda m: m.flatten(1).sum(1), schedule)  # maps = the latents; loss = their sum per row
 
 
 def test_refinement_updates_until_the_target_then_one_regular_update():

@@ -1,5 +1,4 @@
-"""A :class:`~attnctl.guidance.LatentGuide` over toy parts, for tests of the latent update alone: the denoiser
-only records its input, whose ``view`` stands in for the attention maps, and the scheduler leaves it as it is."""
+"""A LatentGuide without a model: the "denoiser" hands its input to a map source that turns it into maps."""
 
 from __future__ import annotations
 
@@ -8,17 +7,16 @@ from contextlib import nullcontext
 
 import torch
 
-from attnctl.guidance import GuidanceSchedule, LatentGuide
+from attnctl.guidance import GuidanceSchedule, LatentGuide, MapLoss
 
 
 class ToyMaps:
-    """Stands in for GradientMaps: the maps are ``view(latents)`` of the latest denoiser call."""
+    """Stands in for GradientMaps: maps = ``transform(denoiser input)``, differentiable in the latents."""
 
     recorded = True
 
-    def __init__(self, view: Callable[[torch.Tensor], torch.Tensor]):
-        self.view = view
-        self.latest = None
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.transform, self.latest = transform, None
 
     def record(self):
         return nullcontext()
@@ -27,19 +25,20 @@ class ToyMaps:
         return None
 
     def maps(self):
-        return self.view(self.latest)
+        return self.transform(self.latest)
 
 
-class _IdentityScheduler:
+class Identity:
+    """A scheduler whose ``scale_model_input`` changes nothing (as DDIM's)."""
+
     def scale_model_input(self, sample, timestep):
         return sample
 
 
-def toy_guide(loss, schedule: GuidanceSchedule, view=lambda latents: latents) -> LatentGuide:
-    """A guide whose maps are ``view`` of the latents and whose loss is ``loss(maps)``."""
-    maps = ToyMaps(view)
+def toy_guide(loss: MapLoss, schedule: GuidanceSchedule, transform=lambda x: x) -> LatentGuide:
+    maps = ToyMaps(transform)
 
     def denoiser(sample, timestep, **kwargs):
         maps.latest = sample
 
-    return LatentGuide(denoiser, _IdentityScheduler(), maps, loss, schedule, {})
+    return LatentGuide(denoiser, Identity(), maps, loss, schedule, {})

@@ -84,3 +84,4 @@ def test_layout_schedule_is_eta_times_the_noise_variance_on_the_first_steps():
     schedule = layout_schedule(5.0, 0.25, alphas, [999, 750, 500, 250, 0])
     assert schedule.step_sizes == pytest.approx([5.0 * (1 - float(alphas[t])) for t in (999, 750, 500, 250, 0)])
     assert schedule.update_steps == 2 and [schedule.acts_at(i) for i in range(5)] == [True, True, False, False, False]
+

@@ -15,8 +15,9 @@ from attnctl.shapes.evaluation import held_out_binding_prompts, held_out_single_
 MAX_BYTES = 25 * 1024 * 1024
 
 
-def test_shipped_model_is_small_safetensors():
-    path = default_model_path()
+@pytest.mark.parametrize("alias", ["default", "clip"])
+def test_shipped_model_is_small_safetensors(alias):
+    path = default_model_path(alias)
     files = [f for f in path.rglob("*") if f.is_file()]
     assert sum(f.stat().st_size for f in files) <= MAX_BYTES
     weights = [f for f in files if f.suffix in {".safetensors", ".bin", ".pt", ".ckpt"}]

@@ -18,6 +18,7 @@ import torch
 from attnctl.pipelines.base import parent_pipeline
 
 from attnctl.models.families import detect_family
+from attnctl.models.tiny_families import TINY_MAX_SEQUENCE_LENGTH
 
 
 def _generator(seed: int = 0) -> torch.Generator:
@@ -178,3 +179,34 @@ class StockContract(PipelineContract):
         got = self.run(pipe, self.control_off, return_dict=False)
         expected = self.run(stock, return_dict=False)
         assert isinstance(got, tuple) and len(got) == len(expected) and torch.equal(got[0], expected[0])
+
+
+# One mixin per family: a method's test class for a family is ``class TestMethodFamily(OnFamily, MethodContract)``.
+T5_CALL = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+
+
+class OnSD:
+    path_fixture = "tiny_sd_path"
+
+
+class OnSDXL:
+    path_fixture = "tiny_sdxl_path"
+
+
+class OnSD3:
+    path_fixture = "tiny_sd3_path"
+    call_kwargs = T5_CALL
+
+
+class OnSD35(OnSD3):
+    path_fixture = "tiny_sd35_path"
+
+
+class OnFlux:
+    path_fixture = "tiny_flux_path"
+    call_kwargs = T5_CALL
+
+
+class OnPixArt:
+    path_fixture = "tiny_pixart_path"
+    call_kwargs = T5_CALL | {"clean_caption": False, "use_resolution_binning": False}

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from contract import StockContract
+from contract import OnFlux, OnPixArt, OnSD, OnSD3, OnSD35, OnSDXL, StockContract
 from diffusers import StableDiffusionPipeline
 
 from attnctl import RegionalDiffusionPipeline
 from attnctl.composer import box_cells
-from attnctl.models.tiny_families import TINY_MAX_SEQUENCE_LENGTH
 
 PROMPT = "a red car next to a blue bird"
 BAD_REGIONS = [
@@ -29,32 +28,28 @@ class RegionalContract(StockContract):
     bad_arguments = [(dict(regions=regions), message) for regions, message in BAD_REGIONS]
 
 
-class TestRegionalSD(RegionalContract):
-    path_fixture = "tiny_sd_path"
+class TestRegionalSD(OnSD, RegionalContract):
+    pass
 
 
-class TestRegionalSDXL(RegionalContract):
-    path_fixture = "tiny_sdxl_path"
+class TestRegionalSDXL(OnSDXL, RegionalContract):
+    pass
 
 
-class TestRegionalPixArt(RegionalContract):
-    path_fixture = "tiny_pixart_path"
-    call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH, "clean_caption": False,
-                   "use_resolution_binning": False}
+class TestRegionalSD3(OnSD3, RegionalContract):
+    pass
 
 
-class TestRegionalSD3(RegionalContract):
-    path_fixture = "tiny_sd3_path"
-    call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+class TestRegionalSD35(OnSD35, RegionalContract):
+    pass
 
 
-class TestRegionalSD35(TestRegionalSD3):
-    path_fixture = "tiny_sd35_path"
+class TestRegionalFlux(OnFlux, RegionalContract):
+    pass
 
 
-class TestRegionalFlux(RegionalContract):
-    path_fixture = "tiny_flux_path"
-    call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+class TestRegionalPixArt(OnPixArt, RegionalContract):
+    pass
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from contract import StockContract
+from contract import T5_CALL, OnFlux, OnPixArt, OnSD, OnSD3, OnSD35, OnSDXL, StockContract
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from attnctl import StructuredDiffusionPipeline
-from attnctl.models.tiny_families import TINY_MAX_SEQUENCE_LENGTH
 
 PROMPT = "a red car and a blue bench"
-PHRASES = ["a red car", "a blue bench"]  # explicit, so the contract does not depend on spaCy's parse
 STRUCTURED_BAD_ARGUMENTS = [
     (dict(prompt="   "), "is empty"),
     (dict(prompt=""), "is empty"),
@@ -29,32 +27,28 @@ class StructuredContract(StockContract):
     bad_arguments = STRUCTURED_BAD_ARGUMENTS
 
 
-class TestStructuredSD(StructuredContract):
-    path_fixture = "tiny_sd_path"
+class TestStructuredSD(OnSD, StructuredContract):
+    pass
 
 
-class TestStructuredSDXL(StructuredContract):
-    path_fixture = "tiny_sdxl_path"
+class TestStructuredSDXL(OnSDXL, StructuredContract):
+    pass
 
 
-class TestStructuredSD3(StructuredContract):
-    path_fixture = "tiny_sd3_path"
-    call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+class TestStructuredSD3(OnSD3, StructuredContract):
+    pass
 
 
-class TestStructuredSD35(TestStructuredSD3):
-    path_fixture = "tiny_sd35_path"
+class TestStructuredSD35(OnSD35, StructuredContract):
+    pass
 
 
-class TestStructuredFlux(StructuredContract):
-    path_fixture = "tiny_flux_path"
-    call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+class TestStructuredFlux(OnFlux, StructuredContract):
+    pass
 
 
-class TestStructuredPixArt(StructuredContract):
-    path_fixture = "tiny_pixart_path"
-    call_kwargs = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH, "clean_caption": False,
-                   "use_resolution_binning": False}
+class TestStructuredPixArt(OnPixArt, StructuredContract):
+    pass
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +132,7 @@ def test_overlong_prompt_is_truncated_with_warnings(pipe, caplog):
     assert "past the tokenizer's limit" in caplog.text
 
 
-T5_CALL = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
-FAMILY_CALLS = {
-    "tiny_sd_path": {}, "tiny_sdxl_path": {}, "tiny_sd3_path": T5_CALL, "tiny_sd35_path": T5_CALL,
-    "tiny_flux_path": T5_CALL,
-    "tiny_pixart_path": T5_CALL | {"clean_caption": False, "use_resolution_binning": False},
-}
+FAMILY_CALLS = {f.path_fixture: getattr(f, "call_kwargs", {}) for f in (OnSD, OnSDXL, OnSD3, OnSD35, OnFlux, OnPixArt)}
 
 
 @pytest.mark.parametrize("fixture", list(FAMILY_CALLS))

@@ -107,3 +107,14 @@ def test_aligned_sets_are_rebuilt_when_the_encoder_states_change(setup):
     replaced = states.clone() + 1.0
     assert torch.equal(_run(attn, hidden, replaced, control), _run(attn, hidden, replaced,
                                                                    StructuredControl(phrases, "values")))
+
+
+def test_the_control_runs_under_inference_mode():
+    from attnctl.core import AttentionCall, LayerInfo, RunState, guidance_rows
+
+    control = StructuredControl([[PhraseEncoding(torch.randn(6, 4), 0, 2)]])
+    call = AttentionCall(LayerInfo("x.attn2.processor", True, "down", 0, 0), None, RunState(row_layout=guidance_rows(1)),
+                         2, 4, (2, 2))
+    with torch.inference_mode():
+        states = torch.randn(2, 6, 4)  # an inference tensor: no version counter
+        assert control.context(call, states) is control.context(call, states)  # built once, then cached
