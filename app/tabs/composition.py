@@ -16,7 +16,7 @@ from attnctl.composer.config import DOMAINS, ComposerConfig
 from attnctl.methods.compose import SPEC as COMPOSE
 
 from ..examples import composer_files
-from ..models import MODEL_QUEUE, ModelCache
+from ..models import ModelCache, model_event
 from ..progress import step_progress
 from ..regions import drawn_mask, editor_background, typed_box
 from ..validation import (
@@ -213,26 +213,10 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
             label="Examples",
             example_labels=["a red circle next to a blue square (typed box)"],
         )
-    run_button.click(
-        partial(compose, models),
-        inputs=[
-            model_box,
-            background,
-            subject,
-            uploaded_mask,
-            box_text,
-            prompt,
-            subject_words,
-            domain,
-            tau_a,
-            tau_b,
-            tau_c,
-            faithful,
-            seed,
-            steps,
-            guidance,
-        ],
-        outputs=[composite, masks, details],
-        api_name="compose",
-        concurrency_id=MODEL_QUEUE,
+    model_event(
+        run_button.click, partial(compose, models),
+        [model_box, background, subject, uploaded_mask, box_text, prompt, subject_words, domain, tau_a, tau_b,
+         tau_c, faithful, seed, steps, guidance],
+        [composite, masks, details],
+        "compose",
     )

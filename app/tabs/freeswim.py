@@ -20,7 +20,7 @@ from attnctl.checks import MAX_SIDE
 from attnctl.methods.freeswim import SPEC as FREESWIM
 
 from ..examples import moving_circle_video
-from ..models import MODEL_QUEUE, ModelCache
+from ..models import ModelCache, model_event
 from ..progress import step_progress
 from ..validation import (
     capped,
@@ -215,26 +215,10 @@ def build(models: ModelCache, video_model_box: gr.Textbox) -> None:
             inputs=[prompt, video, height, width, native_height, native_width, num_frames],
             label="Examples",
         )
-    run_button.click(
-        partial(upscale, models),
-        inputs=[
-            video_model_box,
-            prompt,
-            negative,
-            video,
-            height,
-            width,
-            native_height,
-            native_width,
-            num_frames,
-            steps,
-            guidance,
-            strength,
-            cache_interval,
-            dual_path,
-            seed,
-        ],
-        outputs=[refined, native, details],
-        api_name="freeswim",
-        concurrency_id=MODEL_QUEUE,
+    model_event(
+        run_button.click, partial(upscale, models),
+        [video_model_box, prompt, negative, video, height, width, native_height, native_width, num_frames,
+         steps, guidance, strength, cache_interval, dual_path, seed],
+        [refined, native, details],
+        "freeswim",
     )

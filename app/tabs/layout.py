@@ -12,7 +12,7 @@ from PIL import Image
 from attnctl.methods.regional import LAYOUT_MODES, SPECIAL_MASKS
 from attnctl.methods.regional import SPEC as REGIONAL
 
-from ..models import MODEL_QUEUE, ModelCache
+from ..models import ModelCache, model_event
 from ..progress import staged_runs
 from ..regions import layer_boxes, phrase_regions
 from ..validation import capped, required_text, seeded_generator, spec_values, user_errors
@@ -178,11 +178,10 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                 with gr.Accordion("Run details", open=False):
                     details = gr.JSON(label="Run details", show_label=False)
         gr.Examples(EXAMPLES, inputs=[prompt, regions, seed], label="Examples")
-    run_button.click(
-        partial(generate, models),
-        inputs=[model_box, prompt, negative, regions, canvas, seed, steps, guidance, mode, strength, until,
-                mask_special, base_ratio],
-        outputs=[stock_image, layout_image, boxes, details],
-        api_name="layout",
-        concurrency_id=MODEL_QUEUE,
+    model_event(
+        run_button.click, partial(generate, models),
+        [model_box, prompt, negative, regions, canvas, seed, steps, guidance, mode, strength, until,
+         mask_special, base_ratio],
+        [stock_image, layout_image, boxes, details],
+        "layout",
     )

@@ -21,7 +21,7 @@ from attnctl.methods.syngen import SPEC as SYNGEN
 from attnctl.structured import STRUCT_MODES
 
 from ..heatmaps import token_overlays
-from ..models import MODEL_QUEUE, ModelCache
+from ..models import MODEL_QUEUE, ModelCache, model_event
 from ..progress import staged_runs, step_progress
 from ..validation import (
     capped,
@@ -226,16 +226,15 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
     )
     parse_button.click(**parse_event, api_name="parse_phrases")
     prompt.submit(**parse_event, api_visibility="private")
-    run_button.click(
-        partial(generate, models),
-        inputs=[model_box, prompt, negative, phrases, mode, seed, steps, guidance],
-        outputs=[stock_image, structured_image, stock_maps, structured_maps, phrases, details],
-        api_name="structured",
-        concurrency_id=MODEL_QUEUE,
-    ).success(
-        partial(generate_binding, models),
-        inputs=[model_box, prompt, negative, seed, steps, guidance],
-        outputs=[excite_image, syngen_image, excite_maps, syngen_maps, binding_details],
-        api_name="binding",
-        concurrency_id=MODEL_QUEUE,
+    structured_run = model_event(
+        run_button.click, partial(generate, models),
+        [model_box, prompt, negative, phrases, mode, seed, steps, guidance],
+        [stock_image, structured_image, stock_maps, structured_maps, phrases, details],
+        "structured",
+    )
+    model_event(
+        structured_run.success, partial(generate_binding, models),
+        [model_box, prompt, negative, seed, steps, guidance],
+        [excite_image, syngen_image, excite_maps, syngen_maps, binding_details],
+        "binding",
     )
