@@ -126,9 +126,14 @@ class AttendExciteMethod(GuidedMethodMixin):
             targets={i: 1.0 - level for i, level in thresholds.items()},
         )
 
+        def finish(output, heatmaps, log) -> AttendAndExcitePipelineOutput:
+            return AttendAndExcitePipelineOutput(
+                images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
+                token_indices=subjects, attention_maps=heatmaps, guidance_log=log,
+            )
+
         active = any(rows) and not schedule.off
-        return self.guided_run(call, AttendExciteLoss(rows), schedule, attn_res, active, return_attention_maps, AttendAndExcitePipelineOutput,
-                               token_indices=subjects)
+        return self.guided_run(call, AttendExciteLoss(rows), schedule, attn_res, active, return_attention_maps, finish)
 
 
 class AttendAndExcitePipeline(AttendExciteMethod, StableDiffusionPipeline):

@@ -15,10 +15,13 @@ from typing import Any
 
 import torch
 
-from attnctl.core import AttentionStore, guidance_rows
+from attnctl.core import AttentionStore, TokenHeatmaps, guidance_rows
 from attnctl.guidance import GradientMaps, GuidanceSchedule, MapLoss, guidance_arguments
 
 from .base import ControlledPipelineMixin, MethodRun
+
+#: finish(parent output, heat maps or None, guidance log) -> the method's output
+Finish = Callable[[Any, "list[TokenHeatmaps] | None", "list[dict[str, Any]]"], Any]
 
 
 class InferenceStore(AttentionStore):
@@ -60,14 +63,9 @@ class GuidedMethodMixin(ControlledPipelineMixin):
         attn_res: tuple[int, int] | None,
         active: bool,
         return_attention_maps: bool,
-        output_class: type,
-        **fields: Any,
+        finish: Finish,
     ) -> MethodRun:
-        """The run of one call: guided when ``active``, else the parent untouched (plus a heat-map store).
-
-        The result is ``output_class``: the parent's images and NSFW flags, the heat maps, the guidance log and
-        the method's own ``fields``.
-        """
+        """The run of one call: guided when ``active``, else the parent untouched (plus a heat-map store)."""
         rows = self.conditional_row_count(call)
         store = InferenceStore() if return_attention_maps else None
         controls: list = [store] if store is not None else []
@@ -82,9 +80,6 @@ class GuidedMethodMixin(ControlledPipelineMixin):
 
         def done(output: Any) -> Any:
             heatmaps = None if store is None else self.token_heatmaps(store, call, rows)
-            return output_class(
-                images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
-                attention_maps=heatmaps, guidance_log=history, **fields,
-            )
+            return finish(output, heatmaps, history)
 
         return MethodRun(controls, done, arguments=arguments)

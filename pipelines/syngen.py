@@ -103,9 +103,14 @@ class SynGenMethod(GuidedMethodMixin):
         schedule = GuidanceSchedule((float(syngen_step_size),) * self.loop_length(call),
                                     update_steps=num_intervention_steps)
 
+        def finish(output, heatmaps, log) -> SynGenPipelineOutput:
+            return SynGenPipelineOutput(
+                images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
+                modifier_sets=sets, attention_maps=heatmaps, guidance_log=log,
+            )
+
         active = any(rows) and not schedule.off
-        return self.guided_run(call, SynGenLoss(rows), schedule, attn_res, active, return_attention_maps, SynGenPipelineOutput,
-                               modifier_sets=sets)
+        return self.guided_run(call, SynGenLoss(rows), schedule, attn_res, active, return_attention_maps, finish)
 
 
 class SynGenPipeline(SynGenMethod, StableDiffusionPipeline):
