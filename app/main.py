@@ -39,6 +39,11 @@ def load_models(models: ModelCache, model: str, video_model: str) -> str:
     return f"Loaded {names} in {time.perf_counter() - started:.1f} s."
 
 
+def _model_box(value: str | None, label: str, placeholder: str, info: str) -> gr.Textbox:
+    """A model field of the top row (empty: the tab's default)."""
+    return gr.Textbox(value=value or "", label=label, scale=3, placeholder=placeholder, info=info)
+
+
 def build_app(model: str | None = None, video_model: str | None = None, limits: Limits | None = None) -> gr.Blocks:
     """The attnctl web UI. ``model``: image model (diffusers folder or hub id; ``None``: the embedded default)
     for the image tabs; ``video_model``: Wan text-to-video model for the FreeSwim tab (no default); ``limits``:
@@ -53,17 +58,15 @@ def build_app(model: str | None = None, video_model: str | None = None, limits: 
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE}")
         with gr.Row(elem_id="model-row"):
-            model_box = gr.Textbox(
-                value=model or "",
-                label="Image model",
-                scale=3,
+            model_box = _model_box(
+                model,
+                "Image model",
                 placeholder="empty: the embedded default model",
                 info="Stable Diffusion 1.x/2.x: a diffusers folder, a hub id (org/name) or `clip`",
             )
-            video_model_box = gr.Textbox(
-                value=video_model or "",
-                label="Video model",
-                scale=3,
+            video_model_box = _model_box(
+                video_model,
+                "Video model",
                 placeholder="a Wan text-to-video model",
                 info="for FreeSwim: a diffusers folder or a hub id",
             )

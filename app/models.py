@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
@@ -24,6 +26,12 @@ from .limits import Limits
 from .validation import hiding_paths, user_error
 
 MODEL_QUEUE = "model"  # the concurrency_id of every event that runs a model: one queue for all
+
+
+def model_event(trigger: Callable, fn: Callable, inputs: list, outputs: list, api_name: str) -> Any:
+    """``trigger`` (a component's ``click``, an event's ``success``) wired to ``fn``, a run of a model, in the
+    model queue (:data:`MODEL_QUEUE`) and the API as ``/<api_name>``; returns the event, for chaining."""
+    return trigger(fn, inputs=inputs, outputs=outputs, api_name=api_name, concurrency_id=MODEL_QUEUE)
 
 
 def default_device() -> torch.device:
@@ -83,6 +91,13 @@ class ModelCache:
             while len(self._models) > self.limits.max_models:
                 self._models.popitem(last=False)  # the least recently used model
             return pipelines[pipeline_class]
+
+    def image_pipeline(self, model: str | None, method: MethodSpec) -> DiffusionPipeline:
+        """:meth:`get`, then a clear error unless the model's native image size fits this server's pixel cap."""
+        pipe = self.get(model, method)
+        side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.limits.check_pixels(side, side, "The model's image size")
+        return pipe
 
     def _load(self, source: str, pipeline_class: type, sibling: DiffusionPipeline | None) -> DiffusionPipeline:
         try:

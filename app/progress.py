@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gradio as gr
 
-from .validation import user_error
+from .validation import seeded_generator, user_error, user_errors
 
 
 def step_progress(
@@ -31,3 +31,24 @@ def step_progress(
         return tensors
 
     return on_step_end
+
+
+def staged_runs(
+    pipe: Any, stages: Sequence[tuple[str, dict]], progress: gr.Progress, steps: int,
+    deadline: tuple[float, float] | None, seed: float, **common: Any,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """``pipe`` run once per ``(stage, arguments)``, each from ``seed`` with the ``common`` arguments and one
+    progress bar over all of them; returns the outputs and the seconds each stage took, by stage name."""
+    results, seconds = {}, {}
+    for index, (stage, arguments) in enumerate(stages):
+        started = time.perf_counter()
+        with user_errors():
+            results[stage] = pipe(
+                **common,
+                **arguments,
+                generator=seeded_generator(seed),
+                num_inference_steps=steps,
+                callback_on_step_end=step_progress(progress, stage, index * steps, len(stages) * steps, deadline),
+            )
+        seconds[stage] = round(time.perf_counter() - started, 3)
+    return results, seconds

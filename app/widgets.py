@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import gradio as gr
 
 from attnctl.spec import COMMON_PARAMS
@@ -9,6 +12,14 @@ from attnctl.spec import COMMON_PARAMS
 from .limits import Limits
 
 PARAMS = {p.name: p for p in COMMON_PARAMS}
+
+
+@contextmanager
+def method_tab(title: str, tab_id: str, intro: str) -> Iterator[None]:
+    """A method's tab (``id`` ``tab_id``, element ``<tab_id>-tab``) that opens with ``intro`` in Markdown."""
+    with gr.Tab(title, id=tab_id, elem_id=f"{tab_id}-tab"):
+        gr.Markdown(intro)
+        yield
 
 
 def result_image(label: str) -> gr.Image:

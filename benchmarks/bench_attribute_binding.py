@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import multiprocessing
 import os
 import platform
@@ -38,6 +37,7 @@ from attnctl.shapes.evaluation import (
     all_objects_drawn,
     generate_images,
     held_out_binding_prompts,
+    report_results,
     seeded_jobs,
     wilson_interval,
 )
@@ -213,10 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                 "only_seen_twin": comparison["only_stock"],
                 "p_value": comparison["p_value"],
             }
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    report_results(results, args.json)
 
 
 if __name__ == "__main__":

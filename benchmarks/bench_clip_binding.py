@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 from pathlib import Path
@@ -34,7 +33,7 @@ from attnctl.shapes.compositions import (
     reordered,
     swapped_twin_prompt,
 )
-from attnctl.shapes.evaluation import PromptObjects, wilson_interval
+from attnctl.shapes.evaluation import PromptObjects, report_results, wilson_interval
 from attnctl.shapes.render import render_batch
 from attnctl.shapes.scene import COLOURS, SHAPES, sample_scene
 
@@ -107,10 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             "vs_recoloured": rate(twin_retrieval(images, captions, others)),
         },
     }
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    report_results(results, args.json)
 
 
 if __name__ == "__main__":

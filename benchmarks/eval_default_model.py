@@ -11,7 +11,6 @@ On the single-object captions held out of training (``attnctl.shapes.scene.HELD_
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from attnctl.shapes.evaluation import (
     generate_images,
     held_out_single_prompts,
     only_objects_drawn,
+    report_results,
     seeded_jobs,
     wilson_interval,
 )
@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     results["colour_rate"], results["shape_rate"] = colour_hits / len(jobs), shape_hits / len(jobs)
     results["bar"], results["quality_bar_met"] = args.bar, results["drawn"]["rate"] >= args.bar
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    report_results(results, args.json)
     if args.grid:
         save_grid(pipe, args.grid, seeds=8, call_kwargs=call_kwargs)
         print(f"sample grid written to {args.grid}")

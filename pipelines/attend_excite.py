@@ -27,7 +27,7 @@ from attnctl.guidance import GuidanceSchedule, decaying_step_sizes
 from attnctl.structured.phrases import prompt_token_count, subject_words
 
 from .base import MethodRun
-from .guided import GuidedMethodMixin, per_prompt
+from .guided import GuidedMethodMixin, finish_as, per_prompt
 
 
 @dataclass
@@ -126,12 +126,7 @@ class AttendExciteMethod(GuidedMethodMixin):
             targets={i: 1.0 - level for i, level in thresholds.items()},
         )
 
-        def finish(output, heatmaps, log) -> AttendAndExcitePipelineOutput:
-            return AttendAndExcitePipelineOutput(
-                images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
-                token_indices=subjects, attention_maps=heatmaps, guidance_log=log,
-            )
-
+        finish = finish_as(AttendAndExcitePipelineOutput, token_indices=subjects)
         active = any(rows) and not schedule.off
         return self.guided_run(call, AttendExciteLoss(rows), schedule, attn_res, active, return_attention_maps, finish)
 

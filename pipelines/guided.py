@@ -24,6 +24,19 @@ from .base import ControlledPipelineMixin, MethodRun
 Finish = Callable[[Any, "list[TokenHeatmaps] | None", "list[dict[str, Any]]"], Any]
 
 
+def finish_as(output_class: type, **fields: Any) -> Finish:
+    """The finish of a guided method whose output is ``output_class``: the parent's images and NSFW flags, the
+    heat maps, the guidance log and the method's own ``fields``."""
+
+    def finish(output: Any, heatmaps: list[TokenHeatmaps] | None, log: list[dict[str, Any]]) -> Any:
+        return output_class(
+            images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
+            attention_maps=heatmaps, guidance_log=log, **fields,
+        )
+
+    return finish
+
+
 class InferenceStore(AttentionStore):
     """Heat maps of the images as drawn: the stock denoiser passes only, not the guidance forwards."""
 

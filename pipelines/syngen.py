@@ -27,7 +27,7 @@ from attnctl.guidance import GuidanceSchedule
 from attnctl.structured.phrases import ModifierSet, modifier_sets, prompt_token_count
 
 from .base import MethodRun
-from .guided import GuidedMethodMixin, per_prompt
+from .guided import GuidedMethodMixin, finish_as, per_prompt
 
 
 @dataclass
@@ -103,12 +103,7 @@ class SynGenMethod(GuidedMethodMixin):
         schedule = GuidanceSchedule((float(syngen_step_size),) * self.loop_length(call),
                                     update_steps=num_intervention_steps)
 
-        def finish(output, heatmaps, log) -> SynGenPipelineOutput:
-            return SynGenPipelineOutput(
-                images=output.images, nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
-                modifier_sets=sets, attention_maps=heatmaps, guidance_log=log,
-            )
-
+        finish = finish_as(SynGenPipelineOutput, modifier_sets=sets)
         active = any(rows) and not schedule.off
         return self.guided_run(call, SynGenLoss(rows), schedule, attn_res, active, return_attention_maps, finish)
 

@@ -25,20 +25,21 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from attnctl.models.contrastive import build_clip, clip_step_loss
 from attnctl.models.default import DEFAULT_MODEL_DIR
 from attnctl.models.training import (
     MAX_TOKENS,
     Checkpointer,
+    PhaseSteps,
     batch_rng,
     build_text_encoder,
-    build_tokenizer,
     build_unet,
     encode_captions,
     learning_rate,
+    resume_optimizer,
     save_pipeline,
+    start_training,
     train_denoiser,
     training_parser,
 )
@@ -56,12 +57,10 @@ def training_batch(seed: int, phase: str, step: int, batch_size: int) -> tuple[t
 def train_clip(args, clip, tokenizer, state: dict, checkpointer: Checkpointer, deadline: float) -> None:
     """Phase 1: ``args.clip_steps`` contrastive steps (cosine decay after warm-up), resuming at ``state``."""
     optimizer = torch.optim.AdamW(clip.parameters(), lr=args.clip_lr, weight_decay=0.1)
-    if "clip_optimizer" in state:
-        optimizer.load_state_dict(state["clip_optimizer"])
+    resume_optimizer(optimizer, state, "clip_optimizer")
     total = args.clip_steps
-    bar = tqdm(range(state["step"], total), desc="clip", initial=state["step"], total=total)
-    smoothed = None
-    for step in bar:
+    steps = PhaseSteps("clip", state["step"], total, deadline, digits=3)
+    for step in steps:
         images, captions = training_batch(args.seed, "clip", step, args.clip_batch_size)
         loss = clip_step_loss(clip, tokenizer, images, captions)
         progress = max(0.0, (step - args.clip_warmup) / max(1, total - args.clip_warmup))
@@ -74,9 +73,8 @@ def train_clip(args, clip, tokenizer, state: dict, checkpointer: Checkpointer, d
         optimizer.step()
         with torch.no_grad():
             clip.logit_scale.clamp_(max=math.log(100))  # CLIP's cap on the temperature
-        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{smoothed:.3f}", scale=f"{clip.logit_scale.exp().item():.1f}")
-        finished = step + 1 == total or time.monotonic() > deadline
+        steps.show(loss.item(), scale=f"{clip.logit_scale.exp().item():.1f}")
+        finished = steps.finished(step)
         if checkpointer.due() or finished:
             state.update(step=step + 1, clip=clip.state_dict(), clip_optimizer=optimizer.state_dict())
             checkpointer.save(state)
@@ -175,13 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     from diffusers import AutoencoderKL
 
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    deadline = time.monotonic() + (args.max_minutes * 60 if args.max_minutes else math.inf)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(args.out / "tokenizer")
-    checkpointer = Checkpointer(args.out / "checkpoint.pt", args.checkpoint_minutes)
-    state = checkpointer.load(default={"phase": "clip", "step": 0})
-    state["args"] = {k: str(v) for k, v in vars(args).items()}
+    deadline, tokenizer, checkpointer, state = start_training(args, "clip")
     torch.manual_seed(args.seed)
     clip = build_clip(tokenizer)
     if "clip" in state:

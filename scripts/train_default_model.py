@@ -18,22 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from attnctl.models.latent_norm import standardize_vae_latents
 from attnctl.models.training import (
     Checkpointer,
+    PhaseSteps,
     batch_rng,
     build_text_encoder,
-    build_tokenizer,
     build_unet,
+    resume_optimizer,
     save_pipeline,
+    start_training,
     train_denoiser,
     training_parser,
 )
@@ -80,21 +80,18 @@ def vae_loss(vae, images: torch.Tensor, generator: torch.Generator, kl_weight: f
 def train_vae(args, vae, state: dict, checkpointer: Checkpointer, deadline: float) -> None:
     """Phase 1: train the autoencoder for ``args.vae_steps`` steps (resuming at ``state['step']``)."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    if "vae_optimizer" in state:
-        optimizer.load_state_dict(state["vae_optimizer"])
-    bar = tqdm(range(state["step"], args.vae_steps), desc="vae", initial=state["step"], total=args.vae_steps)
-    smoothed = None
-    for step in bar:
+    resume_optimizer(optimizer, state, "vae_optimizer")
+    steps = PhaseSteps("vae", state["step"], args.vae_steps, deadline)
+    for step in steps:
         images, _ = training_batch(args.seed, "vae", step, args.vae_batch_size)
         loss = vae_loss(vae, images, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
-        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{smoothed:.4f}")
+        steps.show(loss.item())
         state.update(step=step + 1, vae=vae.state_dict(), vae_optimizer=optimizer.state_dict())
-        if checkpointer.due() or step + 1 == args.vae_steps or time.monotonic() > deadline:
+        if checkpointer.due() or steps.finished(step):
             checkpointer.save(state)
         if time.monotonic() > deadline:
             raise SystemExit("deadline reached during the VAE phase; rerun to resume")
@@ -111,10 +108,8 @@ def finetune_decoder(args, vae, checkpointer: Checkpointer, deadline: float) -> 
     if "decoder" in state:
         vae.load_state_dict(state["decoder"])
         optimizer.load_state_dict(state["optimizer"])
-    total = args.decoder_steps
-    bar = tqdm(range(state["step"], total), desc="decoder", initial=state["step"], total=total)
-    smoothed = None
-    for step in bar:
+    steps = PhaseSteps("decoder", state["step"], args.decoder_steps, deadline)
+    for step in steps:
         images, _ = training_batch(args.seed, "decoder", step, args.vae_batch_size)
         with torch.no_grad():
             posterior = vae.encode(images).latent_dist
@@ -125,9 +120,8 @@ def finetune_decoder(args, vae, checkpointer: Checkpointer, deadline: float) -> 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{smoothed:.4f}")
-        finished = step + 1 == total or time.monotonic() > deadline
+        steps.show(loss.item())
+        finished = steps.finished(step)
         if checkpointer.due() or finished:
             checkpointer.save(
                 {"step": step + 1, "decoder": vae.state_dict(), "optimizer": optimizer.state_dict()}
@@ -194,14 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    deadline = time.monotonic() + (args.max_minutes * 60 if args.max_minutes else math.inf)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(args.out / "tokenizer")
-    checkpointer = Checkpointer(args.out / "checkpoint.pt", args.checkpoint_minutes)
+    deadline, tokenizer, checkpointer, state = start_training(args, "vae")
     path = checkpointer.path
-    state = checkpointer.load(default={"phase": "vae", "step": 0})
-    state["args"] = {k: str(v) for k, v in vars(args).items()}
 
     torch.manual_seed(args.seed)
     vae, text_encoder, unet = build_vae(), build_text_encoder(tokenizer), build_unet()

@@ -30,6 +30,18 @@ def tiny_sd_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def load_tiny_sd(tiny_sd_path):
+    """``load_tiny_sd(pipeline_class)``: that pipeline loaded from the tiny SD folder, its progress bar off."""
+
+    def load(pipeline_class):
+        pipeline = pipeline_class.from_pretrained(tiny_sd_path)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def tiny_wan_path(tmp_path_factory):
     """A tiny *stock* ``WanPipeline`` written with ``save_pretrained``, like a Hub checkpoint."""
     from attnctl.models.tiny_wan import save_tiny_wan_pipeline
@@ -37,37 +49,30 @@ def tiny_wan_path(tmp_path_factory):
     return save_tiny_wan_pipeline(tmp_path_factory.mktemp("tiny-wan"))
 
 
-def _tiny_family(tmp_path_factory, family: str):
-    from attnctl.models.tiny_families import save_tiny_family_pipeline
+def _tiny_family_fixture(family: str, doc: str):
+    """A session fixture ``tiny_<family>_path``: the family's tiny stock pipeline folder, written once."""
 
-    return save_tiny_family_pipeline(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+    def path(tmp_path_factory):
+        from attnctl.models.tiny_families import save_tiny_family_pipeline
 
+        return save_tiny_family_pipeline(family, tmp_path_factory.mktemp(f"tiny-{family}"))
 
-@pytest.fixture(scope="session")
-def tiny_sdxl_path(tmp_path_factory):
-    """A tiny stock ``StableDiffusionXLPipeline`` folder (two CLIP encoders, text-time embedding)."""
-    return _tiny_family(tmp_path_factory, "sdxl")
-
-
-@pytest.fixture(scope="session")
-def tiny_sd3_path(tmp_path_factory):
-    """A tiny stock SD3.0 ``StableDiffusion3Pipeline`` folder (joint attention, no q/k norm)."""
-    return _tiny_family(tmp_path_factory, "sd3")
+    path.__doc__ = doc
+    return pytest.fixture(path, scope="session", name=f"tiny_{family}_path")
 
 
-@pytest.fixture(scope="session")
-def tiny_sd35_path(tmp_path_factory):
-    """A tiny stock SD3.5 ``StableDiffusion3Pipeline`` folder (a dual-attention block, RMS q/k norms)."""
-    return _tiny_family(tmp_path_factory, "sd35")
-
-
-@pytest.fixture(scope="session")
-def tiny_flux_path(tmp_path_factory):
-    """A tiny stock Flux-dev ``FluxPipeline`` folder (double- and single-stream blocks, guidance embeds)."""
-    return _tiny_family(tmp_path_factory, "flux")
-
-
-@pytest.fixture(scope="session")
-def tiny_pixart_path(tmp_path_factory):
-    """A tiny stock ``PixArtSigmaPipeline`` folder (T5 cross-attention with a padding mask)."""
-    return _tiny_family(tmp_path_factory, "pixart")
+tiny_sdxl_path = _tiny_family_fixture(
+    "sdxl", "A tiny stock ``StableDiffusionXLPipeline`` folder (two CLIP encoders, text-time embedding)."
+)
+tiny_sd3_path = _tiny_family_fixture(
+    "sd3", "A tiny stock SD3.0 ``StableDiffusion3Pipeline`` folder (joint attention, no q/k norm)."
+)
+tiny_sd35_path = _tiny_family_fixture(
+    "sd35", "A tiny stock SD3.5 ``StableDiffusion3Pipeline`` folder (a dual-attention block, RMS q/k norms)."
+)
+tiny_flux_path = _tiny_family_fixture(
+    "flux", "A tiny stock Flux-dev ``FluxPipeline`` folder (double- and single-stream blocks, guidance embeds)."
+)
+tiny_pixart_path = _tiny_family_fixture(
+    "pixart", "A tiny stock ``PixArtSigmaPipeline`` folder (T5 cross-attention with a padding mask)."
+)

@@ -16,7 +16,7 @@ from attnctl.composer.config import DOMAINS, ComposerConfig
 from attnctl.methods.compose import SPEC as COMPOSE
 
 from ..examples import composer_files
-from ..models import MODEL_QUEUE, ModelCache
+from ..models import ModelCache, model_event
 from ..progress import step_progress
 from ..regions import drawn_mask, editor_background, typed_box
 from ..validation import (
@@ -27,7 +27,7 @@ from ..validation import (
     user_error,
     user_errors,
 )
-from ..widgets import result_image, seed_box, steps_slider
+from ..widgets import method_tab, result_image, seed_box, steps_slider
 
 MASK_CAPTIONS = {  # the pipeline's mask name -> caption
     "target": "target box",
@@ -39,6 +39,15 @@ DEFAULTS = ComposerConfig()
 #: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
 CONTROLS = {"steps": "Steps", "guidance": "Guidance", "domain": "Domain", "tau_a": "tau_a", "tau_b": "tau_b",
             "tau_c": "tau_c", "faithful": "Faithful to the released code"}
+
+
+INTRO = (  # the tab's opening paragraph
+    "PrimeComposer (Wang et al., ACM MM 2024): the subject is placed in the target box and "
+    "harmonised "
+    "with attention steering while the rest of the background is kept. Paint the target region on "
+    "the background (or type a box) and paint over the subject to mask it (or upload a mask, white "
+    "marks the subject)."
+)
 
 
 def compose(
@@ -138,14 +147,7 @@ def editor(label: str) -> gr.ImageEditor:
 
 def build(models: ModelCache, model_box: gr.Textbox) -> None:
     """The tab's inputs, outputs and events (API name ``/compose``)."""
-    with gr.Tab("Composition", id="composition", elem_id="composition-tab"):
-        gr.Markdown(
-            "PrimeComposer (Wang et al., ACM MM 2024): the subject is placed in the target box and "
-            "harmonised "
-            "with attention steering while the rest of the background is kept. Paint the target region on "
-            "the background (or type a box) and paint over the subject to mask it (or upload a mask, white "
-            "marks the subject)."
-        )
+    with method_tab("Composition", "composition", INTRO):
         with gr.Row(equal_height=False):
             with gr.Column(min_width=280):
                 background = editor("Background")
@@ -211,26 +213,10 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
             label="Examples",
             example_labels=["a red circle next to a blue square (typed box)"],
         )
-    run_button.click(
-        partial(compose, models),
-        inputs=[
-            model_box,
-            background,
-            subject,
-            uploaded_mask,
-            box_text,
-            prompt,
-            subject_words,
-            domain,
-            tau_a,
-            tau_b,
-            tau_c,
-            faithful,
-            seed,
-            steps,
-            guidance,
-        ],
-        outputs=[composite, masks, details],
-        api_name="compose",
-        concurrency_id=MODEL_QUEUE,
+    model_event(
+        run_button.click, partial(compose, models),
+        [model_box, background, subject, uploaded_mask, box_text, prompt, subject_words, domain, tau_a, tau_b,
+         tau_c, faithful, seed, steps, guidance],
+        [composite, masks, details],
+        "compose",
     )

@@ -20,7 +20,7 @@ from attnctl.checks import MAX_SIDE
 from attnctl.methods.freeswim import SPEC as FREESWIM
 
 from ..examples import moving_circle_video
-from ..models import MODEL_QUEUE, ModelCache
+from ..models import ModelCache, model_event
 from ..progress import step_progress
 from ..validation import (
     capped,
@@ -31,13 +31,20 @@ from ..validation import (
     user_errors,
     whole_number,
 )
-from ..widgets import seed_box, steps_slider
+from ..widgets import method_tab, seed_box, steps_slider
 
 DEFAULTS = {name: p.default for name, p in inspect.signature(FreeSwimPipeline.__call__).parameters.items()}
 FPS = 16  # Wan 2.1's frame rate
 #: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
 CONTROLS = {"frames": "Frames", "steps": "Steps", "guidance": "Guidance", "strength": "Strength",
             "cache_interval": "Cache interval", "dual_path": "Dual path"}
+
+
+INTRO = (  # the tab's opening paragraph
+    "FreeSwim (Wu et al., 2025): a Wan video made at the model's native size (or your upload) is "
+    "refined at the target size with inward sliding-window attention and a cached full-attention "
+    "branch."
+)
 
 
 def write_mp4(frames: list, name: str) -> str:
@@ -145,12 +152,7 @@ def upscale(
 
 def build(models: ModelCache, video_model_box: gr.Textbox) -> None:
     """The tab's inputs, outputs and events (API name ``/freeswim``)."""
-    with gr.Tab("FreeSwim video", id="freeswim", elem_id="freeswim-tab"):
-        gr.Markdown(
-            "FreeSwim (Wu et al., 2025): a Wan video made at the model's native size (or your upload) is "
-            "refined at the target size with inward sliding-window attention and a cached full-attention "
-            "branch."
-        )
+    with method_tab("FreeSwim video", "freeswim", INTRO):
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 prompt = gr.Textbox(
@@ -213,26 +215,10 @@ def build(models: ModelCache, video_model_box: gr.Textbox) -> None:
             inputs=[prompt, video, height, width, native_height, native_width, num_frames],
             label="Examples",
         )
-    run_button.click(
-        partial(upscale, models),
-        inputs=[
-            video_model_box,
-            prompt,
-            negative,
-            video,
-            height,
-            width,
-            native_height,
-            native_width,
-            num_frames,
-            steps,
-            guidance,
-            strength,
-            cache_interval,
-            dual_path,
-            seed,
-        ],
-        outputs=[refined, native, details],
-        api_name="freeswim",
-        concurrency_id=MODEL_QUEUE,
+    model_event(
+        run_button.click, partial(upscale, models),
+        [video_model_box, prompt, negative, video, height, width, native_height, native_width, num_frames,
+         steps, guidance, strength, cache_interval, dual_path, seed],
+        [refined, native, details],
+        "freeswim",
     )

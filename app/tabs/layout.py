@@ -4,7 +4,6 @@ the boxes drawn over the result."""
 
 from __future__ import annotations
 
-import time
 from functools import partial
 
 import gradio as gr
@@ -13,11 +12,11 @@ from PIL import Image
 from attnctl.methods.regional import LAYOUT_MODES, SPECIAL_MASKS
 from attnctl.methods.regional import SPEC as REGIONAL
 
-from ..models import MODEL_QUEUE, ModelCache
-from ..progress import step_progress
+from ..models import ModelCache, model_event
+from ..progress import staged_runs
 from ..regions import layer_boxes, phrase_regions
 from ..validation import capped, required_text, seeded_generator, spec_values, user_errors
-from ..widgets import result_image, seed_box, steps_slider
+from ..widgets import method_tab, result_image, seed_box, steps_slider
 
 #: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
 CONTROLS = {"steps": "Steps", "guidance": "Guidance", "layout_mode": "Mode", "layout_strength": "Strength",
@@ -40,6 +39,16 @@ EXAMPLES = [  # prompt, regions, seed
         1,
     ],
 ]
+
+
+INTRO = (  # the tab's opening paragraph
+    "Layout-guided generation. *forbid*: a phrase's tokens may only be attended to from inside its box "
+    "(PrimeComposer's region-constrained cross-attention). *bias*: eDiff-I's paint-with-words bias, "
+    "positive inside the box and negative outside. *prompts*: each box takes its cross-attention from "
+    "its own line as a prompt, mixed with the prompt as base (Regional Prompter). Type a box after a "
+    "phrase, or leave it off and paint the phrase's box on its layer (line k: layer *Region k*). "
+    "docs/layout.md says what each mode achieves on the embedded model."
+)
 
 
 def pixel_box(box: tuple[float, float, float, float], image: Image.Image) -> tuple[int, int, int, int]:
@@ -84,29 +93,16 @@ def generate(
     steps = capped(values["steps"], models.limits.max_steps, "Steps", "--max-steps")
     guidance = values["guidance"]
     seeded_generator(seed)  # check the seed before loading anything
-    pipe = models.get(model, REGIONAL)
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    models.limits.check_pixels(side, side, "The model's image size")
+    pipe = models.image_pipeline(model, REGIONAL)
     deadline = models.limits.deadline()
     pairs = [(phrase, box) for phrase, box, _ in regions]
     if layout["layout_mode"] != "prompts":
         with user_errors():
             pipe.region_tokens(prompt, pairs)  # a phrase missing from the prompt fails before any denoising
-    results, seconds = {}, {}
-    for index, (stage, stage_regions) in enumerate((("stock", None), ("layout", pairs))):
-        started = time.perf_counter()
-        with user_errors():
-            results[stage] = pipe(
-                prompt,
-                negative_prompt=negative.strip() or None,
-                regions=stage_regions,
-                **layout,
-                generator=seeded_generator(seed),
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps, deadline),
-            )
-        seconds[stage] = round(time.perf_counter() - started, 3)
+    results, seconds = staged_runs(
+        pipe, [("stock", {"regions": None}), ("layout", {"regions": pairs})], progress, steps, deadline, seed,
+        prompt=prompt, negative_prompt=negative.strip() or None, **layout, guidance_scale=guidance,
+    )
     image = results["layout"].images[0]
     boxes = [(pixel_box(box, image), phrase) for phrase, box, _ in regions]
     details = {
@@ -126,15 +122,7 @@ def generate(
 
 def build(models: ModelCache, model_box: gr.Textbox) -> None:
     """The tab's inputs, outputs and events (API name ``/layout``)."""
-    with gr.Tab("Layout", id="layout", elem_id="layout-tab"):
-        gr.Markdown(
-            "Layout-guided generation. *forbid*: a phrase's tokens may only be attended to from inside its box "
-            "(PrimeComposer's region-constrained cross-attention). *bias*: eDiff-I's paint-with-words bias, "
-            "positive inside the box and negative outside. *prompts*: each box takes its cross-attention from "
-            "its own line as a prompt, mixed with the prompt as base (Regional Prompter). Type a box after a "
-            "phrase, or leave it off and paint the phrase's box on its layer (line k: layer *Region k*). "
-            "docs/layout.md says what each mode achieves on the embedded model."
-        )
+    with method_tab("Layout", "layout", INTRO):
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle and a blue square")
@@ -190,11 +178,10 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                 with gr.Accordion("Run details", open=False):
                     details = gr.JSON(label="Run details", show_label=False)
         gr.Examples(EXAMPLES, inputs=[prompt, regions, seed], label="Examples")
-    run_button.click(
-        partial(generate, models),
-        inputs=[model_box, prompt, negative, regions, canvas, seed, steps, guidance, mode, strength, until,
-                mask_special, base_ratio],
-        outputs=[stock_image, layout_image, boxes, details],
-        api_name="layout",
-        concurrency_id=MODEL_QUEUE,
+    model_event(
+        run_button.click, partial(generate, models),
+        [model_box, prompt, negative, regions, canvas, seed, steps, guidance, mode, strength, until,
+         mask_special, base_ratio],
+        [stock_image, layout_image, boxes, details],
+        "layout",
     )

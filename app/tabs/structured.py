@@ -21,8 +21,8 @@ from attnctl.methods.syngen import SPEC as SYNGEN
 from attnctl.structured import STRUCT_MODES
 
 from ..heatmaps import token_overlays
-from ..models import MODEL_QUEUE, ModelCache
-from ..progress import step_progress
+from ..models import MODEL_QUEUE, ModelCache, model_event
+from ..progress import staged_runs, step_progress
 from ..validation import (
     capped,
     phrase_lines,
@@ -32,7 +32,7 @@ from ..validation import (
     user_error,
     user_errors,
 )
-from ..widgets import result_image, seed_box, steps_slider
+from ..widgets import method_tab, result_image, seed_box, steps_slider
 
 #: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
 CONTROLS = {"steps": "Steps", "guidance": "Guidance", "struct_mode": "Mode"}
@@ -46,6 +46,15 @@ EXAMPLES = [  # prompt, phrases (empty: parse), mode, seed
         2,
     ],
 ]
+
+
+INTRO = (  # the tab's opening paragraph
+    "Noun phrases of the prompt are encoded on their own and fed to every cross-attention layer "
+    "(Feng et al., ICLR 2023). Attend-and-Excite (Chefer et al., 2023) strengthens the most neglected "
+    "subject's attention and SynGen (Rassin et al., 2023) pulls each modifier's attention onto its noun, "
+    "both by moving the latents in the first half of the steps. All four images use the same seed; "
+    "below each, where every prompt token attended (cross-attention averaged over layers, heads and steps)."
+)
 
 
 def parse(models: ModelCache, model: str, prompt: str) -> str:
@@ -79,29 +88,17 @@ def generate(
     guidance = values["guidance"]
     given = phrase_lines(phrases)
     seeded_generator(seed)  # check the seed before loading anything
-    pipe = models.get(model, STRUCTURED)
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    models.limits.check_pixels(side, side, "The model's image size")
+    pipe = models.image_pipeline(model, STRUCTURED)
     deadline = models.limits.deadline()
     if given is not None:
         with user_errors():
             pipe.parse_phrases(prompt, given)  # a phrase missing from the prompt fails before any denoising
-    results, seconds = {}, {}
-    for index, (stage, struct_mode) in enumerate((("stock", None), ("structured", mode))):
-        started = time.perf_counter()
-        with user_errors():
-            results[stage] = pipe(
-                prompt,
-                negative_prompt=negative.strip() or None,
-                struct_mode=struct_mode,
-                phrases=given if struct_mode else None,
-                return_attention_maps=True,
-                generator=seeded_generator(seed),
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps, deadline),
-            )
-        seconds[stage] = round(time.perf_counter() - started, 3)
+    stages = [("stock", {"struct_mode": None, "phrases": None}),
+              ("structured", {"struct_mode": mode, "phrases": given})]
+    results, seconds = staged_runs(
+        pipe, stages, progress, steps, deadline, seed, prompt=prompt, negative_prompt=negative.strip() or None,
+        return_attention_maps=True, guidance_scale=guidance,
+    )
     stock, structured = results["stock"], results["structured"]
     used = structured.phrases[0]
     details = {
@@ -179,16 +176,15 @@ def heatmap_gallery(label: str) -> gr.Gallery:
     )
 
 
+def result_with_maps(label: str) -> tuple[gr.Image, gr.Gallery]:
+    """A column: one method's image and, below it, where every prompt token attended."""
+    with gr.Column(min_width=240):
+        return result_image(label), heatmap_gallery(f"{label}: attention per token")
+
+
 def build(models: ModelCache, model_box: gr.Textbox) -> None:
     """The tab's inputs, outputs and events (API names ``/structured`` and ``/parse_phrases``)."""
-    with gr.Tab("Structured text-to-image", id="structured", elem_id="structured-tab"):
-        gr.Markdown(
-            "Noun phrases of the prompt are encoded on their own and fed to every cross-attention layer "
-            "(Feng et al., ICLR 2023). Attend-and-Excite (Chefer et al., 2023) strengthens the most neglected "
-            "subject's attention and SynGen (Rassin et al., 2023) pulls each modifier's attention onto its noun, "
-            "both by moving the latents in the first half of the steps. All four images use the same seed; "
-            "below each, where every prompt token attended (cross-attention averaged over layers, heads and steps)."
-        )
+    with method_tab("Structured text-to-image", "structured", INTRO):
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle and a blue square")
@@ -215,19 +211,11 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                 run_button = gr.Button("Generate", variant="primary")
             with gr.Column(scale=3):
                 with gr.Row():
-                    with gr.Column(min_width=240):
-                        stock_image = result_image("Stock")
-                        stock_maps = heatmap_gallery("Stock: attention per token")
-                    with gr.Column(min_width=240):
-                        structured_image = result_image("Structured")
-                        structured_maps = heatmap_gallery("Structured: attention per token")
+                    stock_image, stock_maps = result_with_maps("Stock")
+                    structured_image, structured_maps = result_with_maps("Structured")
                 with gr.Row():
-                    with gr.Column(min_width=240):
-                        excite_image = result_image("Attend-and-Excite")
-                        excite_maps = heatmap_gallery("Attend-and-Excite: attention per token")
-                    with gr.Column(min_width=240):
-                        syngen_image = result_image("SynGen")
-                        syngen_maps = heatmap_gallery("SynGen: attention per token")
+                    excite_image, excite_maps = result_with_maps("Attend-and-Excite")
+                    syngen_image, syngen_maps = result_with_maps("SynGen")
                 with gr.Accordion("Run details", open=False):
                     details = gr.JSON(label="Run details", show_label=False)
                     binding_details = gr.JSON(label="Binding methods", show_label=False)
@@ -238,16 +226,15 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
     )
     parse_button.click(**parse_event, api_name="parse_phrases")
     prompt.submit(**parse_event, api_visibility="private")
-    run_button.click(
-        partial(generate, models),
-        inputs=[model_box, prompt, negative, phrases, mode, seed, steps, guidance],
-        outputs=[stock_image, structured_image, stock_maps, structured_maps, phrases, details],
-        api_name="structured",
-        concurrency_id=MODEL_QUEUE,
-    ).success(
-        partial(generate_binding, models),
-        inputs=[model_box, prompt, negative, seed, steps, guidance],
-        outputs=[excite_image, syngen_image, excite_maps, syngen_maps, binding_details],
-        api_name="binding",
-        concurrency_id=MODEL_QUEUE,
+    structured_run = model_event(
+        run_button.click, partial(generate, models),
+        [model_box, prompt, negative, phrases, mode, seed, steps, guidance],
+        [stock_image, structured_image, stock_maps, structured_maps, phrases, details],
+        "structured",
+    )
+    model_event(
+        structured_run.success, partial(generate_binding, models),
+        [model_box, prompt, negative, seed, steps, guidance],
+        [excite_image, syngen_image, excite_maps, syngen_maps, binding_details],
+        "binding",
     )

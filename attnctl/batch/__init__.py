@@ -13,26 +13,16 @@ until used, so ``attnctl --help`` stays fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from attnctl._lazy import lazy_exports
 
-_LAZY = {
-    "Job": "attnctl.batch.jobs",
-    "JobError": "attnctl.batch.jobs",
-    "read_job_file": "attnctl.batch.jobs",
-    "LAYOUTS": "attnctl.batch.layouts",
-    "METHODS": "attnctl.batch.methods",
-    "MethodSpec": "attnctl.spec",
-    "RunOptions": "attnctl.batch.runner",
-    "Tally": "attnctl.batch.runner",
-    "run_batch": "attnctl.batch.runner",
-    "derive_seed": "attnctl.batch.seeds",
-}
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'attnctl.batch' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        ".jobs": ("Job", "JobError", "read_job_file"),
+        ".layouts": ("LAYOUTS",),
+        ".methods": ("METHODS",),
+        "attnctl.spec": ("MethodSpec",),
+        ".runner": ("RunOptions", "Tally", "run_batch"),
+        ".seeds": ("derive_seed",),
+    },
+)

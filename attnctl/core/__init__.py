@@ -6,36 +6,20 @@ Names are imported lazily, so ``import attnctl.core.windows`` (the window kernel
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from attnctl._lazy import lazy_exports
 
-_LAZY = {
-    "AttentionCall": "controls",
-    "AttentionControl": "controls",
-    "ContextSets": "controls",
-    "AttentionController": "controller",
-    "AttentionStore": "store",
-    "BatchRows": "rows",
-    "CallHooks": "engine",
-    "ControlledAttnProcessor": "processor",
-    "ControlledFluxAttnProcessor": "joint",
-    "ControlledJointAttnProcessor": "joint",
-    "ControlledProcessor": "engine",
-    "LayerInfo": "layers",
-    "RunState": "run",
-    "TokenHeatmaps": "heatmaps",
-    "attend": "engine",
-    "combine_masks": "engine",
-    "guidance_rows": "rows",
-    "sdpa": "engine",
-    "stacked": "rows",
-    "token_grid": "layers",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        ".controls": ("AttentionCall", "AttentionControl", "ContextSets"),
+        ".controller": ("AttentionController",),
+        ".store": ("AttentionStore",),
+        ".rows": ("BatchRows", "guidance_rows", "stacked"),
+        ".engine": ("CallHooks", "ControlledProcessor", "attend", "combine_masks", "sdpa"),
+        ".processor": ("ControlledAttnProcessor",),
+        ".joint": ("ControlledFluxAttnProcessor", "ControlledJointAttnProcessor"),
+        ".layers": ("LayerInfo", "token_grid"),
+        ".run": ("RunState",),
+        ".heatmaps": ("TokenHeatmaps",),
+    },
+)

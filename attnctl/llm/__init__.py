@@ -8,32 +8,22 @@ Names are imported lazily, so ``import attnctl.llm`` does not load transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from attnctl._lazy import lazy_exports
 
-_LAZY = {
-    "probe_attention": "probes",
-    "AttentionProbe": "probes",
-    "add_output_gates": "gating",
-    "AttentionOutputGate": "gating",
-    "apply_sliding_window": "sliding_window",
-    "sliding_window_attention": "sliding_window",
-    "apply_hybrid_attention": "hybrid",
-    "LizardAttention": "hybrid",
-    "record_routing": "experts",
-    "predict_next_layer_experts": "experts",
-    "prediction_accuracy": "experts",
-    "simulate_expert_cache": "experts",
-    "make_mqar": "mqar",
-    "run_mqar": "mqar",
-    "build_tiny_causal_lm": "tiny",
-    "build_char_tokenizer": "tiny",
-}
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        ".probes": ("probe_attention", "AttentionProbe"),
+        ".gating": ("add_output_gates", "AttentionOutputGate"),
+        ".sliding_window": ("apply_sliding_window", "sliding_window_attention"),
+        ".hybrid": ("apply_hybrid_attention", "LizardAttention"),
+        ".experts": (
+            "record_routing",
+            "predict_next_layer_experts",
+            "prediction_accuracy",
+            "simulate_expert_cache",
+        ),
+        ".mqar": ("make_mqar", "run_mqar"),
+        ".tiny": ("build_tiny_causal_lm", "build_char_tokenizer"),
+    },
+)

@@ -19,33 +19,26 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .patching import LayerModule
+
 CACHE_POLICIES = ("lru", "shallow")
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
 
-@dataclass(frozen=True)
-class MoeRouter:
-    """One MoE layer's router: dotted path, decoder layer index and module (``router(x)[2]``: top-k ids)."""
-
-    name: str
-    layer: int
-    module: nn.Module
-
-
-def moe_routers(model: nn.Module) -> list[MoeRouter]:
+def moe_routers(model: nn.Module) -> list[LayerModule]:
     """The top-k routers of an MoE decoder: modules with ``weight``, ``top_k`` and ``num_experts`` (Qwen2-MoE,
     Mixtral), in layer order."""
     routers = []
     for name, module in model.named_modules():
         match = _LAYER.search(name + ".")
         if match and all(hasattr(module, attr) for attr in ("weight", "top_k", "num_experts")):
-            routers.append(MoeRouter(name, int(match.group(1)), module))
+            routers.append(LayerModule(name, int(match.group(1)), module))
     if len(routers) < 2:
         raise ValueError(
             f"model={type(model).__name__} has {len(routers)} top-k router(s); cross-layer prediction needs "
             "an MoE decoder with at least two MoE layers (e.g. Qwen2MoeForCausalLM, MixtralForCausalLM)"
         )
-    return sorted(routers, key=lambda router: router.layer)
+    return sorted(routers, key=lambda router: router.index)
 
 
 @dataclass
@@ -70,7 +63,7 @@ def _router_experts(router: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 def record_routing(model: nn.Module, input_ids: torch.Tensor) -> RoutingTrace:
     """Run ``model`` on ``input_ids`` (batch, tokens) and record every router's input and chosen experts."""
     routers = moe_routers(model)
-    trace = RoutingTrace([router.layer for router in routers])
+    trace = RoutingTrace([router.index for router in routers])
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook_for(layer: int):
@@ -79,7 +72,7 @@ def record_routing(model: nn.Module, input_ids: torch.Tensor) -> RoutingTrace:
 
         return hook
 
-    handles = [router.module.register_forward_hook(hook_for(router.layer)) for router in routers]
+    handles = [router.module.register_forward_hook(hook_for(router.index)) for router in routers]
     try:
         model(input_ids=input_ids)
     finally:
@@ -96,7 +89,7 @@ def record_routing(model: nn.Module, input_ids: torch.Tensor) -> RoutingTrace:
 def predict_next_layer_experts(model: nn.Module, trace: RoutingTrace) -> list[torch.Tensor]:
     """Fate's cross-layer gate: element i is layer ``trace.layers[i + 1]``'s router applied to layer
     ``trace.layers[i]``'s router input, (tokens, top_k) predicted expert ids."""
-    routers = {router.layer: router.module for router in moe_routers(model)}
+    routers = {router.index: router.module for router in moe_routers(model)}
     return [_router_experts(routers[nxt], trace.inputs[i]) for i, nxt in enumerate(trace.layers[1:])]
 
 

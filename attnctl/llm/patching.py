@@ -36,18 +36,19 @@ _original_implementation: dict[int, str] = {}  # id(config) -> the implementatio
 
 
 @dataclass(frozen=True)
-class AttentionLayer:
-    """One self-attention module of a decoder: its dotted path, ``layer_idx`` and the module itself."""
+class LayerModule:
+    """A module of one decoder layer (a self-attention module, an MoE router): its dotted path, the layer's index
+    and the module itself."""
 
     name: str
     index: int
     module: nn.Module
 
 
-def attention_layers(model: nn.Module) -> list[AttentionLayer]:
+def attention_layers(model: nn.Module) -> list[LayerModule]:
     """The decoder's self-attention modules (q/k/v/o projections and a ``layer_idx``), in layer order."""
     found = [
-        AttentionLayer(name, module.layer_idx, module)
+        LayerModule(name, module.layer_idx, module)
         for name, module in model.named_modules()
         if all(hasattr(module, attr) for attr in ("q_proj", "k_proj", "v_proj", "o_proj", "layer_idx"))
     ]
@@ -60,7 +61,7 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     return sorted(found, key=lambda layer: layer.index)
 
 
-def select_layers(model: nn.Module, layers: Iterable[int] | None) -> list[AttentionLayer]:
+def select_layers(model: nn.Module, layers: Iterable[int] | None) -> list[LayerModule]:
     """The attention layers whose ``layer_idx`` is in ``layers`` (all of them for ``None``)."""
     available = attention_layers(model)
     if layers is None:

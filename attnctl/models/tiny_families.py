@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .tiny import TINY_WORDS
-from .tiny_wan import write_wan_tokenizer
+from .tiny_wan import build_tiny_t5_encoder, write_wan_tokenizer
 from .tokenizer import write_clip_tokenizer
 
 # The T5 stand-in truncates prompts to this many tokens in tests (pass it as ``max_sequence_length``).
@@ -58,27 +58,6 @@ def _clip_text(tokenizer, hidden: int, seed: int, with_projection: bool = False)
     )
     torch.manual_seed(seed)
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
-
-
-def _t5_text(tokenizer, d_model: int, seed: int) -> torch.nn.Module:
-    """A 2-layer T5 encoder (pad 0, ``</s>`` 1) of width ``d_model``."""
-    from transformers import T5Config, T5EncoderModel
-
-    torch.manual_seed(seed)
-    return T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=d_model,
-            d_kv=8,
-            d_ff=2 * d_model,
-            num_layers=2,
-            num_heads=2,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    )
 
 
 def _vae(seed: int, flow: bool = False) -> torch.nn.Module:
@@ -178,7 +157,7 @@ def build_tiny_sd3_components(seed: int = 0, version: str = "3.0") -> dict:
             "vae": _vae(seed, flow=True),
             "text_encoder": _clip_text(tokenizers[0], 8, seed, with_projection=True),
             "text_encoder_2": _clip_text(tokenizers[1], 16, seed, with_projection=True),
-            "text_encoder_3": _t5_text(tokenizers[2], 32, seed),
+            "text_encoder_3": build_tiny_t5_encoder(tokenizers[2], 32, seed),
             "tokenizer": tokenizers[0],
             "tokenizer_2": tokenizers[1],
             "tokenizer_3": tokenizers[2],
@@ -213,7 +192,7 @@ def build_tiny_flux_components(seed: int = 0) -> dict:
             "transformer": transformer,
             "vae": _vae(seed, flow=True),
             "text_encoder": _clip_text(tokenizer, 16, seed),
-            "text_encoder_2": _t5_text(tokenizer_2, 32, seed),
+            "text_encoder_2": build_tiny_t5_encoder(tokenizer_2, 32, seed),
             "tokenizer": tokenizer,
             "tokenizer_2": tokenizer_2,
             "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -245,7 +224,7 @@ def build_tiny_pixart_components(seed: int = 0) -> dict:
         {
             "transformer": transformer,
             "vae": _vae(seed),
-            "text_encoder": _t5_text(tokenizer, 32, seed),
+            "text_encoder": build_tiny_t5_encoder(tokenizer, 32, seed),
             "tokenizer": tokenizer,
             "scheduler": DPMSolverMultistepScheduler(),
         }

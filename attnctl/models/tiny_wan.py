@@ -66,10 +66,32 @@ def build_tiny_wan_transformer(seed: int = 0, **config) -> torch.nn.Module:
     return WanTransformer3DModel(**(_TINY_TRANSFORMER | config))
 
 
+def build_tiny_t5_encoder(tokenizer, d_model: int, seed: int, umt5: bool = False) -> torch.nn.Module:
+    """A 2-layer T5 encoder (pad 0, ``</s>`` 1) of width ``d_model``; ``umt5`` gives Wan's UMT5 variant."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    config_class, model_class = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    torch.manual_seed(seed)
+    return model_class(
+        config_class(
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            d_kv=8,
+            d_ff=2 * d_model,
+            num_layers=2,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    )
+
+
 def build_tiny_wan_components(seed: int = 0, transformer_config: dict | None = None) -> dict:
     """The components of a :class:`~diffusers.WanPipeline`, freshly initialised with ``seed``."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
-    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+    from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = AutoTokenizer.from_pretrained(write_wan_tokenizer(tmp, [*TINY_WORDS, *VIDEO_WORDS]))
@@ -83,21 +105,7 @@ def build_tiny_wan_components(seed: int = 0, transformer_config: dict | None = N
         latents_mean=[0.0] * LATENT_CHANNELS,
         latents_std=[1.0] * LATENT_CHANNELS,
     )
-    torch.manual_seed(seed)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=16,
-            d_kv=8,
-            d_ff=32,
-            num_layers=2,
-            num_heads=2,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    )
+    text_encoder = build_tiny_t5_encoder(tokenizer, 16, seed, umt5=True)
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
     )

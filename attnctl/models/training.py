@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import time
 from collections.abc import Callable
@@ -145,6 +146,50 @@ class Checkpointer:
         return torch.load(self.path, weights_only=True) if self.path.exists() else default
 
 
+def start_training(args: argparse.Namespace, first_phase: str) -> tuple[float, object, Checkpointer, dict]:
+    """What a training script does first: ``args.threads`` threads, the ``--max-minutes`` deadline (a
+    ``time.monotonic`` time), ``args.out`` with its tokenizer, and the checkpointed state (a fresh one at step 0
+    of ``first_phase``) recording the arguments. Returns (deadline, tokenizer, checkpointer, state)."""
+    torch.set_num_threads(args.threads)
+    deadline = time.monotonic() + (args.max_minutes * 60 if args.max_minutes else math.inf)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(args.out / "tokenizer")
+    checkpointer = Checkpointer(args.out / "checkpoint.pt", args.checkpoint_minutes)
+    state = checkpointer.load(default={"phase": first_phase, "step": 0})
+    state["args"] = {k: str(v) for k, v in vars(args).items()}
+    return deadline, tokenizer, checkpointer, state
+
+
+class PhaseSteps:
+    """The steps ``start``..``total - 1`` of one training phase under a tqdm bar that shows the smoothed loss
+    (an exponential moving average, weight 0.02 per step); the phase is finished at its last step or once
+    ``deadline`` (a ``time.monotonic`` time) has passed."""
+
+    def __init__(self, phase: str, start: int, total: int, deadline: float, digits: int = 4):
+        self.total, self.deadline, self.digits = total, deadline, digits
+        self.bar = tqdm(range(start, total), desc=phase, initial=start, total=total)
+        self.smoothed: float | None = None
+
+    def __iter__(self):
+        return iter(self.bar)
+
+    def show(self, loss: float, **extra: str) -> None:
+        """Fold ``loss`` into the smoothed loss and show it (with ``extra`` fields) on the bar."""
+        self.smoothed = loss if self.smoothed is None else 0.98 * self.smoothed + 0.02 * loss
+        self.bar.set_postfix(loss=f"{self.smoothed:.{self.digits}f}", **extra)
+
+    def finished(self, step: int) -> bool:
+        """Whether ``step`` is the phase's last or the deadline has passed."""
+        return step + 1 == self.total or time.monotonic() > self.deadline
+
+
+def resume_optimizer(optimizer: torch.optim.Optimizer, state: dict, key: str) -> torch.optim.Optimizer:
+    """``optimizer`` with the state saved under ``key`` in a checkpoint's ``state``, if there is one."""
+    if key in state:
+        optimizer.load_state_dict(state[key])
+    return optimizer
+
+
 def diffusion_loss(unet, vae, text_states: torch.Tensor, images: torch.Tensor, generator, noise_scheduler):
     """Min-SNR-weighted epsilon-prediction loss of one batch (Ho et al. 2020, Eq. 14; weights Hang et al.
     2023, Eq. 9). ``text_states`` (batch, tokens, dim) condition the UNet; latents come from the frozen VAE."""
@@ -190,13 +235,10 @@ def train_denoiser(
         if f"ema_{name}" in state:
             ema.load_state_dict(state[f"ema_{name}"])
     params = [p for model in models.values() for p in model.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    if "optimizer" in state:
-        optimizer.load_state_dict(state["optimizer"])
+    optimizer = resume_optimizer(torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01), state, "optimizer")
     total = args.unet_steps
-    bar = tqdm(range(state["step"], total), desc="unet", initial=state["step"], total=total)
-    smoothed = None
-    for step in bar:
+    steps = PhaseSteps("unet", state["step"], total, deadline)
+    for step in steps:
         images, captions = batch(step)
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         captions = drop_captions(captions, generator)
@@ -211,9 +253,8 @@ def train_denoiser(
         optimizer.step()
         for name, model in models.items():
             update_ema(emas[name], model, step, args.ema_decay)
-        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{smoothed:.4f}")
-        finished = step + 1 == total or time.monotonic() > deadline
+        steps.show(loss.item())
+        finished = steps.finished(step)
         if checkpointer.due() or finished:
             state.update(step=step + 1, optimizer=optimizer.state_dict(), unet=unet.state_dict())
             state.update({f"ema_{name}": ema.state_dict() for name, ema in emas.items()})

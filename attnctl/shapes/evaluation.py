@@ -6,9 +6,11 @@ Used by ``benchmarks/eval_default_model.py`` (quality bar) and ``benchmarks/benc
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -87,3 +89,12 @@ def generate_images(pipe, jobs: Sequence[tuple[str, int]], batch_size: int, **ca
         output = pipe([prompt for prompt, _ in chunk], generator=generators, **call_kwargs)
         images.extend(output.images)
     return images
+
+
+def report_results(results: dict, path: Path | None) -> None:
+    """Print a benchmark's ``results`` as JSON and, when ``path`` is given, also write them there."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")

@@ -31,6 +31,7 @@ from .grid import (
     blockwise_sdpa,
     check_divides,
     check_grid,
+    check_heads,
     check_positive,
     from_blocks,
     merge_heads,
@@ -145,10 +146,7 @@ class BiLevelRoutingAttention(nn.Module):
         qk_scale: float | None = None,
     ) -> None:
         super().__init__()
-        check_positive("dim", dim)
-        check_positive("num_heads", num_heads)
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        check_heads(dim, num_heads)
         if lce_kernel < 0 or (lce_kernel and lce_kernel % 2 == 0):
             raise ValueError(f"lce_kernel must be 0 (off) or an odd positive size, got {lce_kernel!r}")
         _check_routing(regions_per_side, topk)

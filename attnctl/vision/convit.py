@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from .grid import check_grid, check_positive, merge_heads, split_heads
+from .grid import check_grid, check_heads, merge_heads, split_heads
 
 
 def relative_positions(grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
@@ -59,10 +59,7 @@ class GatedPositionalSelfAttention(nn.Module):
         qkv_bias: bool = False,
     ) -> None:
         super().__init__()
-        check_positive("dim", dim)
-        check_positive("num_heads", num_heads)
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        check_heads(dim, num_heads)
         if locality_strength <= 0:
             raise ValueError(
                 f"locality_strength must be positive (alpha of eq. 5), got {locality_strength!r}"

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grid import check_positive, split_heads
+from .grid import check_heads, check_positive, split_heads
 
 
 def _check_sequence(x: torch.Tensor, dim: int, name: str) -> None:
@@ -32,10 +32,7 @@ class ClsCrossAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
-        check_positive("dim", dim)
-        check_positive("num_heads", num_heads)
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        check_heads(dim, num_heads)
         self.dim, self.num_heads = dim, num_heads
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)

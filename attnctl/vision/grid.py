@@ -19,6 +19,14 @@ def check_positive(name: str, value: int) -> int:
     return value
 
 
+def check_heads(dim: int, num_heads: int) -> None:
+    """A ValueError unless ``dim`` and ``num_heads`` are positive ints and the heads split ``dim`` evenly."""
+    check_positive("dim", dim)
+    check_positive("num_heads", num_heads)
+    if dim % num_heads:
+        raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+
+
 def as_pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
     """``(value, value)`` for an int, else the (height, width) pair itself; both entries positive integers."""
     pair = (value, value) if isinstance(value, int) else tuple(value)
@@ -120,10 +128,7 @@ class GridSelfAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
-        check_positive("dim", dim)
-        check_positive("num_heads", num_heads)
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        check_heads(dim, num_heads)
         self.dim, self.num_heads = dim, num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)

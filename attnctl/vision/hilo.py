@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grid import check_divides, check_grid, check_positive, merge_heads, split_heads
+from .grid import check_divides, check_grid, check_heads, check_positive, merge_heads, split_heads
 from .halo import halo_attention
 
 
@@ -42,10 +42,7 @@ class HiLoAttention(nn.Module):
         qkv_bias: bool = False,
     ) -> None:
         super().__init__()
-        check_positive("dim", dim)
-        check_positive("num_heads", num_heads)
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        check_heads(dim, num_heads)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1] (the share of Lo-Fi heads), got {alpha!r}")
         self.dim, self.num_heads = dim, num_heads

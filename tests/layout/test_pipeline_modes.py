@@ -16,16 +16,13 @@ REGIONS = [("red car", (0.0, 0.2, 0.5, 1.0)), ("blue bird", (0.6, 0.0, 1.0, 0.4)
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_sd_path):
-    pipeline = RegionalDiffusionPipeline.from_pretrained(tiny_sd_path)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+def pipe(load_tiny_sd):
+    return load_tiny_sd(RegionalDiffusionPipeline)
 
 
 @pytest.fixture(scope="module")
-def stock(tiny_sd_path):
-    pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd_path)
-    pipeline.set_progress_bar_config(disable=True)
+def stock(load_tiny_sd):
+    pipeline = load_tiny_sd(StableDiffusionPipeline)
     return _run(pipeline).images
 
 
@@ -49,10 +46,9 @@ def test_guidance_with_zero_step_size_is_stock(pipe, stock):
     assert np.array_equal(_run(pipe, regions=REGIONS, layout_mode="guidance", layout_strength=0.0).images, stock)
 
 
-def test_guidance_moves_the_latents_and_changes_the_image(pipe, tiny_sd_path):
+def test_guidance_moves_the_latents_and_changes_the_image(pipe, load_tiny_sd):
     square = dict(height=32, width=32, num_inference_steps=3)  # maps on the 16x16 grid of a square latent
-    stock = StableDiffusionPipeline.from_pretrained(tiny_sd_path)
-    stock.set_progress_bar_config(disable=True)
+    stock = load_tiny_sd(StableDiffusionPipeline)
     expected = _run(stock, **square).images
     guided = _run(pipe, regions=REGIONS, layout_mode="guidance", layout_strength=50.0, layout_until=0.5, **square)
     assert np.isfinite(guided.images).all() and not np.array_equal(guided.images, expected)

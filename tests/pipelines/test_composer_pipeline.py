@@ -48,10 +48,8 @@ def test_sdxl_is_refused_before_loading(tiny_sdxl_path):
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_sd_path):
-    pipeline = PrimeComposerPipeline.from_pretrained(tiny_sd_path)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+def pipe(load_tiny_sd):
+    return load_tiny_sd(PrimeComposerPipeline)
 
 
 def _compose(pipe, **overrides):

@@ -53,10 +53,8 @@ class TestRegionalPixArt(OnPixArt, RegionalContract):
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_sd_path):
-    pipeline = RegionalDiffusionPipeline.from_pretrained(tiny_sd_path)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+def pipe(load_tiny_sd):
+    return load_tiny_sd(RegionalDiffusionPipeline)
 
 
 def _run(pipeline, **overrides):
@@ -66,9 +64,8 @@ def _run(pipeline, **overrides):
     return pipeline(**kwargs)
 
 
-def test_whole_image_regions_equal_stock_stable_diffusion_exactly(pipe, tiny_sd_path):
-    stock = StableDiffusionPipeline.from_pretrained(tiny_sd_path)
-    stock.set_progress_bar_config(disable=True)
+def test_whole_image_regions_equal_stock_stable_diffusion_exactly(pipe, load_tiny_sd):
+    stock = load_tiny_sd(StableDiffusionPipeline)
     expected = _run(stock).images
     out = _run(pipe, regions=[("red car", (0, 0, 1, 1)), ("blue bird", (0, 0, 1, 1))])
     assert np.array_equal(out.images, expected)

@@ -52,17 +52,13 @@ class TestStructuredPixArt(OnPixArt, StructuredContract):
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_sd_path):
-    pipe = StructuredDiffusionPipeline.from_pretrained(tiny_sd_path)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(load_tiny_sd):
+    return load_tiny_sd(StructuredDiffusionPipeline)
 
 
 @pytest.fixture(scope="module")
-def stock(tiny_sd_path):
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_path)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def stock(load_tiny_sd):
+    return load_tiny_sd(StableDiffusionPipeline)
 
 
 def _gen(seed=0):

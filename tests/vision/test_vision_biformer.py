@@ -74,13 +74,6 @@ def test_lce_adds_a_depthwise_convolution_of_the_values():
     torch.testing.assert_close(routed(x), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_shape_and_dtype(dtype):
-    module = BiLevelRoutingAttention(dim=16, num_heads=4, regions_per_side=2, topk=2).to(dtype)
-    out = module(torch.randn(2, 4, 6, 16, dtype=dtype))
-    assert out.shape == (2, 4, 6, 16) and out.dtype == dtype
-
-
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="topk=5 exceeds the number of regions 4"):
         BiLevelRoutingAttention(dim=16, num_heads=2, regions_per_side=2, topk=5)

@@ -56,13 +56,6 @@ def test_rows_are_probability_distributions_for_any_gate():
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4, 20))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_shape_and_dtype(dtype):
-    gpsa = GatedPositionalSelfAttention(dim=16, num_heads=4).to(dtype)
-    out = gpsa(torch.randn(2, 3, 5, 16, dtype=dtype))
-    assert out.shape == (2, 3, 5, 16) and out.dtype == dtype
-
-
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="locality_strength must be positive.*got 0"):
         GatedPositionalSelfAttention(dim=16, num_heads=4, locality_strength=0)
