@@ -17,7 +17,8 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="slow test: set ATTNCTL_SLOW=1 to run it")
     for item in items:
-        if "slow" in item.keywords:
+        contract_slow = item.name in getattr(item.cls, "slow_checks", ())  # tests/pipelines/contract.py
+        if "slow" in item.keywords or contract_slow:
             item.add_marker(skip)
 
 

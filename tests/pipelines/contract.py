@@ -37,7 +37,9 @@ class PipelineContract:
     * ``control_on`` / ``control_off``: method arguments that switch the control on (the image must change)
       and off (the image must be the parent pipeline's, bit for bit);
     * ``call_kwargs``: family arguments every call needs (T5 families: ``max_sequence_length``);
-    * ``bad_arguments``: ``[(kwargs, message)]`` the method must refuse with a ``ValueError``.
+    * ``bad_arguments``: ``[(kwargs, message)]`` the method must refuse with a ``ValueError``;
+    * ``slow_checks``: contract tests that are opt-in (``ATTNCTL_SLOW=1``) for this family because its tiny
+      model is slow; exactness (control off and on, processors restored) always runs.
     """
 
     pipeline_class: ClassVar[type]
@@ -48,6 +50,7 @@ class PipelineContract:
     control_off: ClassVar[dict[str, Any]] = {}
     call_kwargs: ClassVar[dict[str, Any]] = {}
     bad_arguments: ClassVar[list[tuple[dict[str, Any], str]]] = []
+    slow_checks: ClassVar[frozenset[str]] = frozenset()
 
     # -- fixtures ------------------------------------------------------------------------------------------
     @pytest.fixture(scope="class")
@@ -205,6 +208,15 @@ class OnSD35(OnSD3):
 class OnFlux:
     path_fixture = "tiny_flux_path"
     call_kwargs = T5_CALL
+    # the slowest tiny model: the family-independent mechanics (batching, offload, callbacks, save/load, tuples)
+    # run on the five other families and are opt-in here
+    slow_checks = frozenset({
+        "test_contract_batches_and_images_per_prompt_match_single_runs",
+        "test_contract_model_cpu_offload_leaves_the_result_unchanged",
+        "test_contract_callback_on_step_end_sees_every_step_and_its_tensors",
+        "test_contract_save_load_round_trip",
+        "test_contract_return_dict_false_is_the_parents_tuple",
+    })
 
 
 class OnPixArt:
