@@ -58,6 +58,13 @@ def test_structured_tab_generates_and_shows_heat_maps(default_model_app, tmp_pat
                 for token in TOKENS:
                     expect(heatmaps.nth(gallery).get_by_text(token, exact=True)).to_be_visible()
             expect(tab.get_by_label("Phrases")).to_have_value("a red circle\na blue square")
+            # images decode asynchronously after they are attached: wait (bounded) until each has, then check
+            page.wait_for_function(
+                "([selector, count]) => { const images = [...document.querySelectorAll(selector)];"
+                " return images.length === count && images.every(i => i.complete && i.naturalWidth > 0); }",
+                arg=["#structured-tab .result img, #structured-tab .heatmaps img", 2 + 2 * len(TOKENS)],
+                timeout=30_000,
+            )
             rendered = tab.locator(".result img, .heatmaps img").evaluate_all(
                 "images => images.map(image => image.complete && image.naturalWidth > 0)"
             )
