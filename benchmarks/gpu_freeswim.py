@@ -13,17 +13,21 @@ downloaded), bf16, at FreeSwim's token grids 21 x 68 x 120 (81 frames at 1088 x 
    over ``--steps`` steps, for cache intervals 1, 2 and 5, and the peak GPU memory with the cache on the GPU and
    offloaded to pinned host memory (``cache_device="cpu"``).
 
-Every backend's output is compared with the first one's (max abs difference reported). ``--dry-run`` runs the same code
+Every backend's output is compared with the first one's (max abs difference reported). Rows land in ``--out`` as each
+part ends, and a part that would start after ``--budget-s`` seconds is listed as skipped instead of run, so a lease
+that runs short still returns what was measured. ``--dry-run`` runs the same code
 on CPU with a 2-block toy transformer at a 3 x 8 x 12 grid in float32 (backends ``reference`` and ``tiled``), which the
 test suite runs.
 
-    python benchmarks/gpu_freeswim.py [--grids 21x68x120 21x34x60] [--repeats 5] [--steps 10] [--out results.json]
+    python benchmarks/gpu_freeswim.py [--grids 21x34x60 21x68x120] [--repeats 5] [--steps 10] [--budget-s 420]
+                                      [--out results.json]
     python benchmarks/gpu_freeswim.py --dry-run
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import statistics
@@ -35,6 +39,7 @@ import torch.nn.functional as F
 
 from attnctl.core import AttentionController
 from attnctl.core.window_attention import flex_available, natten_gpu_available, window_attention
+from attnctl.core.window_flex import flex_compile_error
 from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls
 from attnctl.freeswim.wan_processor import wan_processor_factory
 
@@ -106,6 +111,9 @@ def kernel_rows(grid, window, heads, head_dim, dtype, device, timer) -> list[dic
     rows, first = [], None
     for backend in backends(device):
         out = window_attention(query, key, value, grid, window3, backend=backend)
+        if backend == "flex" and flex_compile_error():  # eager flex materialises the scores: not a measurement
+            rows.append(dict(part="kernel", backend=backend, error=flex_compile_error()))
+            continue
         first = out if first is None else first
         ms = timer(lambda backend=backend: window_attention(query, key, value, grid, window3, backend=backend))
         speedup = full_ms / ms
@@ -119,7 +127,8 @@ def build_transformer(config: dict, dtype: torch.dtype, device: torch.device):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
-    model = WanTransformer3DModel(**config).to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # initialise on the device: a 1.3B-parameter init on the host takes minutes
+        model = WanTransformer3DModel(**config).to(dtype=dtype).eval()
     keep = set(model._keep_in_fp32_modules or ())  # norms, time embedding, modulation: float32 as from_pretrained
     for name, parameter in model.named_parameters():
         if keep.intersection(name.split(".")):
@@ -169,28 +178,32 @@ def step_rows(model, grid, window, dtype, device, steps, intervals=(1, 2, 5)) ->
         for interval in intervals:
             state = FreeSwimState(FreeSwimConfig(window=window, native_tokens=math.prod(NATIVE_GRID),
                                                  cache_interval=interval, cache_device=cache_device))
+            gc.collect()  # the previous state's cache sits in a reference cycle: free it before the peak is reset
             with AttentionController(freeswim_controls(state)).installed(model, processor_factory=wan_processor_factory(model)):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
-                begin = time.perf_counter()
+                step_ms = []
                 for step, t in enumerate(timesteps):
+                    begin = time.perf_counter()
                     for branch in ("cond", "uncond"):
                         rows_in = 2 if state.begin_pass(step, branch) == DUAL else 1
                         with model.cache_context(branch):
                             model(latents.expand(rows_in, *latents.shape[1:]), t.expand(rows_in),
                                   text.expand(rows_in, *text.shape[1:]), return_dict=False)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                seconds = time.perf_counter() - begin
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    step_ms.append((time.perf_counter() - begin) * 1e3)
                 peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
             rows.append(dict(part="step", cache_interval=interval, cache_device=cache_device or "beside",
-                             ms=seconds * 1e3 / steps, dual_steps=len({s for s, _, _ in state.full_branch_runs}),
+                             ms=statistics.mean(step_ms), step_ms=step_ms, dual_steps=len({s for s, _, _ in state.full_branch_runs}),
                              cache_gib=state.cache_nbytes / 2**30, peak_gib=peak))
     return rows
 
 
 def run(args: argparse.Namespace) -> dict:
+    begin = time.perf_counter()
     device = torch.device("cpu" if args.dry_run else "cuda")
     dtype = torch.float32 if args.dry_run else torch.bfloat16
     config = TOY if args.dry_run else WAN_1_3B
@@ -200,24 +213,50 @@ def run(args: argparse.Namespace) -> dict:
     model = build_transformer(config, dtype, device)
     heads, head_dim = config["num_attention_heads"], config["attention_head_dim"]
     results = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu (dry run)",
-                   torch=torch.__version__, dtype=str(dtype), rows=[])
+                   torch=torch.__version__, dtype=str(dtype), rows=[], skipped=[])
     with torch.no_grad():
         for grid in grids:
             window = odd_window(native, grid)
             label = dict(grid="x".join(map(str, grid)), window="x".join(map(str, window)))
-            found = kernel_rows(grid, window, heads, head_dim, dtype, device, timer)
-            found += forward_rows(model, grid, window, dtype, device, timer)
-            found += step_rows(model, grid, window, dtype, device, args.steps)
-            results["rows"] += [label | row for row in found]
+            parts = dict(kernel=(kernel_rows, grid, window, heads, head_dim, dtype, device, timer),
+                         forward=(forward_rows, model, grid, window, dtype, device, timer),
+                         step=(step_rows, model, grid, window, dtype, device, args.steps, args.intervals))
+            for part, (measure, *arguments) in parts.items():
+                if part not in args.parts:
+                    continue
+                if args.budget_s is not None and time.perf_counter() - begin > args.budget_s:
+                    results["skipped"].append(f"{label['grid']} {part}")
+                    continue
+                try:
+                    found = [label | row for row in measure(*arguments)]
+                except Exception as error:  # out of memory, a kernel that fails to build: recorded, and on
+                    found = [label | dict(part=part, error=repr(error)[:300])]
+                    torch.cuda.empty_cache() if device.type == "cuda" else None
+                results["rows"] += found
+                print(markdown(dict(results, rows=found), header=False), flush=True)
+                write(results, args.out)
+    results["seconds"] = time.perf_counter() - begin
+    write(results, args.out)
     return results
 
 
-def markdown(results: dict) -> str:
+def write(results: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as handle:
+            json.dump(results, handle, indent=1)
+
+
+def markdown(results: dict, header: bool = True) -> str:
     lines = [f"# {results['device']}, torch {results['torch']}, {results['dtype']}",
              "| grid | window | part | backend / cache | ms | full ms | speed-up | of FLOP bound | max abs diff | peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"] if header else []
     for row in results["rows"]:
-        name = row.get("backend") or f"interval {row['cache_interval']}, cache {row['cache_device']}"
+        if "error" in row:
+            lines.append(f"| {row['grid']} | {row['window']} | {row['part']} | {row.get('backend', '')} | failed: "
+                         f"{row['error']} |")
+            continue
+        name = row.get("backend") or (f"interval {row['cache_interval']}, cache {row['cache_device']} (steps: "
+                                      + " / ".join(f"{ms:.0f}" for ms in row["step_ms"]) + " ms)")
         cells = [row["grid"], row["window"], row["part"], name, f"{row['ms']:.1f}",
                  f"{row['full_ms']:.1f}" if "full_ms" in row else "",
                  f"{row['speedup']:.2f}x" if "speedup" in row else "",
@@ -225,24 +264,25 @@ def markdown(results: dict) -> str:
                  f"{row['max_abs_diff']:.2e}" if "max_abs_diff" in row else "",
                  f"{row['peak_gib']:.2f}" if "peak_gib" in row else ""]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"skipped (over --budget-s): {', '.join(results['skipped'])}"] if header and results["skipped"] else []
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grids", nargs="+", default=["21x68x120", "21x34x60"])
+    parser.add_argument("--grids", nargs="+", default=["21x34x60", "21x68x120"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 5], help="cache intervals of the step part")
+    parser.add_argument("--parts", nargs="+", choices=["kernel", "forward", "step"], default=["kernel", "forward", "step"])
     parser.add_argument("--dry-run", action="store_true", help="CPU, toy transformer, 3x8x12 grid (the test)")
-    parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--budget-s", type=float, help="skip the parts that would start after this many seconds")
+    parser.add_argument("--out", help="also write the results as JSON here (after every part)")
     args = parser.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --dry-run for the CPU check")
     results = run(args)
     print(markdown(results), flush=True)
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(results, handle, indent=1)
     return results
 
 

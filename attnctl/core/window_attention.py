@@ -6,9 +6,10 @@ its inward window (:mod:`attnctl.core.windows`). Backends:
 * ``"reference"``: dense boolean mask + SDPA; O(tokens^2) memory; the oracle every other backend is tested
   against;
 * ``"tiled"``: dense SDPA blocks over query tiles (:mod:`attnctl.core.window_tiles`); never builds an N x N
-  matrix; the default on CPU;
+  matrix; the default on CPU and on GPUs without NATTEN (on an H200 at FreeSwim's 1080p grid it ran 2.9x
+  faster than compiled flex: BENCHMARKS.md, "FreeSwim on a GPU");
 * ``"flex"``: ``flex_attention`` with an analytic block mask, compiled when ``torch.compile`` works
-  (:mod:`attnctl.core.window_flex`); the default on GPUs without NATTEN;
+  (:mod:`attnctl.core.window_flex`); raster token order leaves many partly masked blocks;
 * ``"natten"``: ``natten.na1d/na2d/na3d`` (same border rule); the default where NATTEN has its compiled GPU
   library and the tensors are on CUDA.
 """
@@ -58,10 +59,10 @@ def available_backends() -> tuple[str, ...]:
 
 
 def default_backend(device: torch.device | str, return_lse: bool = False) -> str:
-    """``natten`` on CUDA with a NATTEN GPU build (unless the log-sum-exp is wanted), else ``flex`` on CUDA, else
-    ``tiled``."""
-    if torch.device(device).type == "cuda":
-        return "natten" if natten_gpu_available() and not return_lse else "flex"
+    """``natten`` on CUDA with a NATTEN GPU build (unless the log-sum-exp is wanted), else ``tiled`` (measured faster
+    than compiled ``flex`` on an H200 at both FreeSwim grids)."""
+    if torch.device(device).type == "cuda" and natten_gpu_available() and not return_lse:
+        return "natten"
     return "tiled"
 
 

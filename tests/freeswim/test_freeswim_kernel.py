@@ -228,7 +228,9 @@ def test_backend_choice(monkeypatch):
     import attnctl.core.window_attention as module
 
     monkeypatch.setattr(module, "natten_gpu_available", lambda: True)
-    assert default_backend("cuda") == "natten" and default_backend("cuda", return_lse=True) == "flex"
+    assert default_backend("cuda") == "natten" and default_backend("cuda", return_lse=True) == "tiled"
+    monkeypatch.setattr(module, "natten_gpu_available", lambda: False)
+    assert default_backend("cuda") == "tiled"
     assert {"reference", "tiled", "flex"} <= set(available_backends())
 
 

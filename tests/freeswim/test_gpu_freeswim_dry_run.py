@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -38,3 +39,14 @@ def test_step_rows_follow_the_cache_interval(results):
     assert sorted(steps) == [1, 2, 5]
     assert {k: row["dual_steps"] for k, row in steps.items()} == {k: math.ceil(2 / k) for k in (1, 2, 5)}
     assert steps[1]["cache_gib"] == 0 and steps[2]["cache_gib"] > 0 and steps[5]["cache_gib"] > 0
+
+
+def test_results_file_holds_every_row_and_a_budget_skips_parts(results, tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_freeswim", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "budget.json"
+    short = module.main(["--dry-run", "--repeats", "1", "--steps", "1", "--budget-s", "0", "--out", str(out)])
+    assert short["rows"] == [] and short["skipped"] == ["3x8x12 kernel", "3x8x12 forward", "3x8x12 step"]
+    assert json.loads(out.read_text())["skipped"] == short["skipped"]
+    assert results["skipped"] == [] and results["seconds"] > 0
