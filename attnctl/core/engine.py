@@ -181,7 +181,7 @@ class ControlledProcessor:
                                  "replace it")  # fmt: skip
             return cached
         output = body(hooks)
-        if pair:
-            image, text = output
-            return hooks.edit_output(image), text
+        if pair:  # (image, text) or, with a Flux IP-Adapter, (image, text, the adapter's term)
+            image, *streams = output
+            return hooks.edit_output(image), *streams
         return hooks.edit_output(output)

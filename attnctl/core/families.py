@@ -23,13 +23,23 @@ from diffusers.models.attention_processor import (
     AttnProcessor2_0,
     IPAdapterAttnProcessor2_0,
     JointAttnProcessor2_0,
+    SD3IPAdapterJointAttnProcessor2_0,
 )
-from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
+from diffusers.models.transformers.transformer_flux import (
+    FluxAttention,
+    FluxAttnProcessor,
+    FluxIPAdapterAttnProcessor,
+)
 from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
 
 from ..freeswim.wan_processor import ControlledWanAttnProcessor
 from .controls import ControlSource
-from .joint import ControlledFluxAttnProcessor, ControlledJointAttnProcessor
+from .joint import (
+    ControlledFluxAttnProcessor,
+    ControlledFluxIPAdapterProcessor,
+    ControlledJointAttnProcessor,
+    ControlledSD3IPAdapterProcessor,
+)
 from .layers import LayerInfo
 from .processor import ControlledAttnProcessor
 
@@ -71,8 +81,13 @@ REGISTRY: dict[type, dict[type, Entry]] = {
         ),
         JointAttnProcessor2_0: Entry("SD3/3.5", lambda c, layer, stock: ControlledJointAttnProcessor(c, layer),
                                      _joint_kind),  # fmt: skip
+        SD3IPAdapterJointAttnProcessor2_0: Entry("SD3/3.5 with IP-Adapter", ControlledSD3IPAdapterProcessor,
+                                                 _joint_kind),  # fmt: skip
     },
-    FluxAttention: {FluxAttnProcessor: Entry("Flux", ControlledFluxAttnProcessor, _always_joint)},
+    FluxAttention: {
+        FluxAttnProcessor: Entry("Flux", ControlledFluxAttnProcessor, _always_joint),
+        FluxIPAdapterAttnProcessor: Entry("Flux with IP-Adapter", ControlledFluxIPAdapterProcessor, _always_joint),
+    },
     WanAttention: {WanAttnProcessor: Entry("Wan 2.1/2.2 (T2V, I2V, VACE)", ControlledWanAttnProcessor, _cross_kind)},
 }
 
