@@ -83,6 +83,11 @@ def appended_phrase_rows(model: torch.nn.Module, embeds: torch.Tensor, owners: S
                 kwargs[name] = torch.cat([value, value.index_select(0, index)])
         text = kwargs["encoder_hidden_states"]
         kwargs["encoder_hidden_states"] = torch.cat([text, embeds.to(text)])
+        extra = kwargs.get("joint_attention_kwargs") or {}
+        if "ip_adapter_image_embeds" in extra:  # an IP-Adapter's image rows (SD3: a tensor, Flux: one per adapter)
+            images = extra["ip_adapter_image_embeds"]
+            rows = [torch.cat([e, e.index_select(0, index)]) for e in (images if isinstance(images, list) else [images])]
+            kwargs["joint_attention_kwargs"] = extra | {"ip_adapter_image_embeds": rows if isinstance(images, list) else rows[0]}
         batch["size"] = size
         return args, kwargs
 
