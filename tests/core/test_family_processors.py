@@ -10,6 +10,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor, IPAda
 from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
 
 from attnctl.core import AttentionController, AttentionStore
+from attnctl.core.controls import AttentionControl
 from attnctl.models.tiny import build_tiny_sd_components
 from attnctl.models.tiny_families import (
     TINY_MAX_SEQUENCE_LENGTH,
@@ -200,3 +201,134 @@ def test_controls_work_together_with_an_ip_adapter():
         out = ip_forward(unet)
     assert torch.isfinite(out).all()
     assert store.maps().shape == (2, 5, 8, 8)  # text tokens only: the image tokens are the adapter's
+
+
+# -- IP-Adapters on joint attention (SD3, Flux): loaded through the pipelines' own load_ip_adapter ----------------
+IP_IMAGE = (torch.linspace(0, 1, 32 * 32 * 3).reshape(32, 32, 3) * 255).to(torch.uint8).numpy()
+
+
+@pytest.fixture(scope="module")
+def ip_pipes(tmp_path_factory):
+    from attnctl.models import tiny_ip_adapters
+
+    writers = {"sd3": tiny_ip_adapters.write_tiny_sd3_ip_adapter, "flux": tiny_ip_adapters.write_tiny_flux_ip_adapter}
+    pipes = {}
+    for family, write in writers.items():
+        pipe = build_tiny_family_pipeline(family)
+        tiny_ip_adapters.load_tiny_ip_adapter(pipe, write(pipe.transformer, tmp_path_factory.mktemp(f"ip-{family}")))
+        pipes[family] = pipe
+    return pipes
+
+
+def run_ip(pipe, family: str, **kwargs) -> torch.Tensor:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe("a red cat on the left", **{"ip_adapter_image": IP_IMAGE} | tiny_call_arguments(family) | kwargs).images
+
+
+class DampText(AttentionControl):
+    """Lowers every image query's logits on the text keys by 2: a control on the cross block only."""
+
+    def applies_to(self, call):
+        return call.is_cross
+
+    def logits_bias(self, call, query_len, key_len):
+        bias = torch.zeros(query_len, key_len)
+        call.cross(bias).fill_(-2.0)
+        return bias
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_ip_adapter_processors_equal_the_stock_ones_with_no_control(family, ip_pipes):
+    pipe = ip_pipes[family]
+    model = pipe.transformer
+    stock = run_ip(pipe, family)
+    originals = dict(model.attn_processors)
+    adapters = {name for name, p in originals.items() if "IPAdapter" in type(p).__name__}
+    assert adapters  # the loader installed them
+    with AttentionController().installed(model):
+        installed = dict(model.attn_processors)
+        results, handles = compare_every_layer(model, originals)
+        try:
+            ours = run_ip(pipe, family)
+        finally:
+            for handle in handles:
+                handle.remove()
+    assert {type(installed[name]).__name__ for name in adapters} == {f"Controlled{'SD3' if family == 'sd3' else 'Flux'}"
+                                                                     "IPAdapterProcessor"}  # fmt: skip
+    ran = {name for name, _ in results}
+    assert adapters <= ran and all(name.startswith("image_proj.") for name in set(originals) - ran)  # resampler
+    assert all(equal for _, equal in results), [name for name, equal in results if not equal]
+    assert torch.equal(stock, ours)
+    without = run_ip(pipe, family, ip_adapter_image=None) if family == "sd3" else None
+    assert without is None or not torch.equal(stock, without)  # the adapter contributes
+    assert all(model.attn_processors[k] is v for k, v in originals.items())
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_ip_adapter_stays_the_stock_adapter_while_installed(family, ip_pipes):
+    pipe = ip_pipes[family]
+    model = pipe.transformer
+    stock_names = {name for name, _ in model.named_parameters() if "_ip" in name}
+    with AttentionController().installed(model):
+        # the adapter's weights are still the transformer's (so .to() and cpu offload move them)
+        installed = {name for name, _ in model.named_parameters() if "_ip" in name}
+        assert len(installed) == len(stock_names) > 0
+        pipe.set_ip_adapter_scale(0.3)  # diffusers' setter reaches the stock adapters
+        if family == "sd3":
+            assert pipe.is_ip_adapter_active  # SD3's pipeline encodes the image only when this holds
+    scales = [p.scale for p in model.attn_processors.values() if "IPAdapter" in type(p).__name__]
+    pipe.set_ip_adapter_scale(0.8)
+    assert all(s in (0.3, [0.3]) for s in scales)
+
+
+def captured_call(pipe, family: str, layer: str) -> dict:
+    """The keyword arguments the first call of the attention module ``layer`` gets in a stock run."""
+    module = pipe.transformer.get_submodule(layer)
+    seen = {}
+
+    def grab(module, args, kwargs):
+        names = list(inspect.signature(module.forward).parameters)
+        seen.setdefault("kwargs", dict(zip(names, args)) | kwargs)
+
+    handle = module.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        run_ip(pipe, family)
+    finally:
+        handle.remove()
+    return seen["kwargs"]
+
+
+def test_flux_ip_adapter_term_is_the_stock_one_under_a_control(ip_pipes):
+    pipe = ip_pipes["flux"]
+    module = pipe.transformer.get_submodule("transformer_blocks.0.attn")
+    kwargs = captured_call(pipe, "flux", "transformer_blocks.0.attn")
+    with torch.no_grad():
+        image, text, adapter_term = module(**kwargs)
+        with AttentionController([DampText()]).installed(pipe.transformer):
+            ours = module(**kwargs)
+    assert len(ours) == 3 and torch.equal(ours[2], adapter_term)  # the adapter's term: untouched
+    assert not torch.equal(ours[0], image)  # the control acts on the joint attention
+
+
+def test_sd3_ip_adapter_term_is_the_stock_one_under_a_control(ip_pipes):
+    pipe = ip_pipes["sd3"]
+    module = pipe.transformer.get_submodule("transformer_blocks.0.attn")
+    kwargs = captured_call(pipe, "sd3", "transformer_blocks.0.attn")
+    adapter = module.processor
+
+    def with_and_without_adapter():
+        outputs = []
+        for scale in (adapter.scale, 0):
+            before, adapter.scale = adapter.scale, scale
+            outputs.append(module(**kwargs)[0])
+            adapter.scale = before
+        return outputs
+
+    with torch.no_grad():
+        stock, stock_plain = with_and_without_adapter()
+        with AttentionController([DampText()]).installed(pipe.transformer):
+            ours, ours_plain = with_and_without_adapter()
+    assert not torch.equal(ours, stock)  # the control acts on the joint attention
+    # to_out is affine: the adapter's term (through to_out's weight) is the same with and without the control
+    torch.testing.assert_close(ours - ours_plain, stock - stock_plain, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(stock, stock_plain)
