@@ -211,7 +211,8 @@ IP_IMAGE = (torch.linspace(0, 1, 32 * 32 * 3).reshape(32, 32, 3) * 255).to(torch
 def ip_pipes(tmp_path_factory):
     from attnctl.models import tiny_ip_adapters
 
-    writers = {"sd3": tiny_ip_adapters.write_tiny_sd3_ip_adapter, "flux": tiny_ip_adapters.write_tiny_flux_ip_adapter}
+    writers = {"sd3": tiny_ip_adapters.write_tiny_sd3_ip_adapter, "sd35": tiny_ip_adapters.write_tiny_sd3_ip_adapter,
+               "flux": tiny_ip_adapters.write_tiny_flux_ip_adapter}  # fmt: skip
     pipes = {}
     for family, write in writers.items():
         pipe = build_tiny_family_pipeline(family)
@@ -237,7 +238,7 @@ class DampText(AttentionControl):
         return bias
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd3", "sd35", "flux"])
 def test_ip_adapter_processors_equal_the_stock_ones_with_no_control(family, ip_pipes):
     pipe = ip_pipes[family]
     model = pipe.transformer
@@ -253,13 +254,13 @@ def test_ip_adapter_processors_equal_the_stock_ones_with_no_control(family, ip_p
         finally:
             for handle in handles:
                 handle.remove()
-    assert {type(installed[name]).__name__ for name in adapters} == {f"Controlled{'SD3' if family == 'sd3' else 'Flux'}"
+    assert {type(installed[name]).__name__ for name in adapters} == {f"Controlled{'Flux' if family == 'flux' else 'SD3'}"
                                                                      "IPAdapterProcessor"}  # fmt: skip
     ran = {name for name, _ in results}
     assert adapters <= ran and all(name.startswith("image_proj.") for name in set(originals) - ran)  # resampler
     assert all(equal for _, equal in results), [name for name, equal in results if not equal]
     assert torch.equal(stock, ours)
-    without = run_ip(pipe, family, ip_adapter_image=None) if family == "sd3" else None
+    without = run_ip(pipe, family, ip_adapter_image=None) if family != "flux" else None
     assert without is None or not torch.equal(stock, without)  # the adapter contributes
     assert all(model.attn_processors[k] is v for k, v in originals.items())
 
@@ -332,3 +333,12 @@ def test_sd3_ip_adapter_term_is_the_stock_one_under_a_control(ip_pipes):
     # to_out is affine: the adapter's term (through to_out's weight) is the same with and without the control
     torch.testing.assert_close(ours - ours_plain, stock - stock_plain, rtol=1e-5, atol=1e-6)
     assert not torch.equal(stock, stock_plain)
+
+
+def test_flux_ip_adapter_layer_without_image_tokens_is_a_clear_error(ip_pipes):
+    pipe = ip_pipes["flux"]
+    with pytest.raises(TypeError):  # the stock processor: zip over None
+        run_ip(pipe, "flux", ip_adapter_image=None)
+    with AttentionController().installed(pipe.transformer):
+        with pytest.raises(ValueError, match="transformer_blocks.0.attn.processor is an IP-Adapter layer but got no"):
+            run_ip(pipe, "flux", ip_adapter_image=None)
