@@ -1,7 +1,8 @@
 """What diffusers users combine keeps working with every control: IP-Adapter, LoRA (with its scale), clip_skip
 and prompt_embeds, on every text-to-image family whose diffusers pipeline offers them (docs/families.md,
 "Combinations"). Control off is the parent pipeline with the same additions, bit for bit; control on is a
-different, finite image. ``callback_on_step_end`` and ``enable_model_cpu_offload`` are in the pipeline contract
+different, finite image. On Wan, FreeSwim's first stage is the stock ``WanPipeline`` with the same additions.
+``callback_on_step_end`` and ``enable_model_cpu_offload`` of the image families are in the pipeline contract
 (tests/pipelines/contract.py), run for every family."""
 
 from __future__ import annotations
@@ -184,3 +185,60 @@ def test_regions_with_prompt_embeds_and_explicit_positions(fixture, request):
     assert not torch.equal(out.images, _run(stock, **CALL[fixture]))
     with pytest.raises(ValueError, match="names a phrase, which needs the prompt text"):
         pipe(regions=[("red car", (0, 0, 0.5, 1))], **call | embeds)
+
+
+# -- Wan: FreeSwim, whose first stage is the stock WanPipeline -------------------------------------------------
+WAN_CALL = dict(prompt="a cat walking on the beach", negative_prompt="blurry", height=64, width=80, native_height=48,
+                native_width=64, num_frames=5, num_inference_steps=2, max_sequence_length=16, output_type="pt")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def freeswim(tiny_wan_path):
+    from attnctl import FreeSwimPipeline
+
+    pipe = FreeSwimPipeline.from_pretrained(tiny_wan_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _swim(pipe, **kwargs):
+    return pipe(**WAN_CALL | {"generator": torch.Generator().manual_seed(0)} | kwargs)
+
+
+def _stock_wan(pipe, **kwargs):
+    from diffusers import WanPipeline
+
+    stock = WanPipeline(**{k: v for k, v in pipe.components.items() if k in WanPipeline._get_signature_keys(WanPipeline)[0]})
+    stock.set_progress_bar_config(disable=True)
+    call = {k: v for k, v in WAN_CALL.items() if not k.startswith("native")} | dict(height=48, width=64)
+    return stock(**call | {"generator": torch.Generator().manual_seed(0)} | kwargs).frames
+
+
+def test_freeswim_with_lora_is_the_stock_wan_pipeline_in_stage_one(tiny_wan_path, tmp_path):
+    from attnctl import FreeSwimPipeline
+
+    pipe = FreeSwimPipeline.from_pretrained(tiny_wan_path)
+    pipe.set_progress_bar_config(disable=True)
+    plain = _swim(pipe)
+    pipe.load_lora_weights(str(write_tiny_transformer_lora(pipe.transformer, tmp_path)), weight_name="lora.safetensors")
+    out = _swim(pipe, attention_kwargs={"scale": 0.5})
+    assert torch.equal(out.native_frames, _stock_wan(pipe, attention_kwargs={"scale": 0.5}))
+    assert np.isfinite(np.asarray(out.frames)).all() and not torch.equal(out.frames, plain.frames)
+
+
+def test_freeswim_with_prompt_embeds_is_freeswim_with_the_prompt(freeswim):
+    with torch.no_grad():
+        embeds, negative = freeswim.encode_prompt(WAN_CALL["prompt"], WAN_CALL["negative_prompt"],
+                                                  max_sequence_length=16, device=torch.device("cpu"))  # fmt: skip
+    out = _swim(freeswim, prompt=None, negative_prompt=None, prompt_embeds=embeds, negative_prompt_embeds=negative)
+    expected = _swim(freeswim)
+    assert torch.equal(out.frames, expected.frames) and torch.equal(out.native_frames, expected.native_frames)
+
+
+def test_freeswim_with_model_cpu_offload_is_unchanged(tiny_wan_path, freeswim):
+    from attnctl import FreeSwimPipeline
+
+    offloaded = FreeSwimPipeline.from_pretrained(tiny_wan_path)
+    offloaded.set_progress_bar_config(disable=True)
+    offloaded.enable_model_cpu_offload(device="cpu")
+    assert torch.equal(_swim(offloaded).frames, _swim(freeswim).frames)
