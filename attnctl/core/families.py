@@ -41,7 +41,7 @@ from .joint import (
     ControlledSD3IPAdapterProcessor,
 )
 from .layers import LayerInfo
-from .processor import ControlledAttnProcessor
+from .processor import ControlledAttnProcessor, ControlledIPAdapterAttnProcessor
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,7 @@ UNET = "SD 1.x/2.x, SDXL, PixArt-Sigma"
 REGISTRY: dict[type, dict[type, Entry]] = {
     Attention: {
         AttnProcessor2_0: Entry(UNET, lambda c, layer, stock: ControlledAttnProcessor(c, layer), _cross_kind),
-        IPAdapterAttnProcessor2_0: Entry(
-            f"{UNET} with IP-Adapter",
-            lambda c, layer, stock: ControlledAttnProcessor(c, layer, ip_adapter=stock),
-            _cross_kind,
-        ),
+        IPAdapterAttnProcessor2_0: Entry(f"{UNET} with IP-Adapter", ControlledIPAdapterAttnProcessor, _cross_kind),
         JointAttnProcessor2_0: Entry("SD3/3.5", lambda c, layer, stock: ControlledJointAttnProcessor(c, layer),
                                      _joint_kind),  # fmt: skip
         SD3IPAdapterJointAttnProcessor2_0: Entry("SD3/3.5 with IP-Adapter", ControlledSD3IPAdapterProcessor,

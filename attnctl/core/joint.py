@@ -34,7 +34,7 @@ from .controls import ControlSource
 from .dispatch import DispatchingProcessor, dispatch_bshd
 from .engine import CallHooks, ControlledProcessor, sdpa
 from .layers import LayerInfo
-from .processor import _heads, _merge_heads, image_grid
+from .processor import StockAdapter, _heads, _merge_heads, image_grid
 
 # (image stream before its output projection, raw image query, key, value) -> image stream with the adapter's term
 SD3ImagePrompt = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -179,27 +179,7 @@ class ControlledFluxAttnProcessor(DispatchingProcessor):
         return self.controlled(call, body, pair=encoder_hidden_states is not None)
 
 
-class _StockAdapter(torch.nn.Module):
-    """Holds a layer's stock IP-Adapter processor as a child module, so its weights move with the transformer
-    (``.to``, ``enable_model_cpu_offload``) while attnctl's processor is installed, and passes ``scale`` through
-    to it, so diffusers' ``set_ip_adapter_scale`` and ``is_ip_adapter_active`` (which SD3's pipeline checks
-    before encoding the image) act on the stock value. Subclasses also subclass the stock class for those checks.
-    """
-
-    def _hold(self, stock: torch.nn.Module) -> None:
-        torch.nn.Module.__init__(self)
-        self.ip_adapter = stock
-
-    @property
-    def scale(self):
-        return self.ip_adapter.scale
-
-    @scale.setter
-    def scale(self, value) -> None:
-        self.ip_adapter.scale = value
-
-
-class ControlledSD3IPAdapterProcessor(ControlledJointAttnProcessor, _StockAdapter, SD3IPAdapterJointAttnProcessor2_0):
+class ControlledSD3IPAdapterProcessor(ControlledJointAttnProcessor, StockAdapter, SD3IPAdapterJointAttnProcessor2_0):
     """SD3/3.5 joint attention with an IP-Adapter (``SD3IPAdapterJointAttnProcessor2_0``, InstantX's SD3.5
     adapter): the joint attention goes through the hooks, the adapter's term is the stock one (module rule).
 
@@ -237,7 +217,7 @@ class ControlledSD3IPAdapterProcessor(ControlledJointAttnProcessor, _StockAdapte
         return self._joint(attn, hidden_states, encoder_hidden_states, image_prompt)
 
 
-class ControlledFluxIPAdapterProcessor(ControlledFluxAttnProcessor, _StockAdapter, FluxIPAdapterAttnProcessor):
+class ControlledFluxIPAdapterProcessor(ControlledFluxAttnProcessor, StockAdapter, FluxIPAdapterAttnProcessor):
     """Flux attention with IP-Adapters (``FluxIPAdapterAttnProcessor``, on the double-stream blocks): the joint
     attention goes through the hooks; the adapters' term (image queries, normed and before the rotary
     embedding, over each adapter's keys, summed with its scale) is the stock one, returned third (module rule).

@@ -186,3 +186,32 @@ def _project_sets(attn: Attention, sets: ContextSets, prepare, batch_size: int):
     else:  # to_v is affine and the weights sum to one: mean of projections = projection of the mean
         value = attn.to_v(sets.mean_value_context())
     return key, value, key_weights
+
+
+class StockAdapter(torch.nn.Module):
+    """Holds a layer's stock IP-Adapter processor as a child module, so its weights move with the denoiser
+    (``.to``, ``enable_model_cpu_offload``) while attnctl's processor is installed, and passes ``scale`` through
+    to it, so diffusers' ``set_ip_adapter_scale`` and ``is_ip_adapter_active`` (which SD3's pipeline checks
+    before encoding the image) act on the stock value. Subclasses also subclass the stock class for those checks.
+    """
+
+    def _hold(self, stock: torch.nn.Module) -> None:
+        torch.nn.Module.__init__(self)
+        self.ip_adapter = stock
+
+    @property
+    def scale(self):
+        return self.ip_adapter.scale
+
+    @scale.setter
+    def scale(self, value) -> None:
+        self.ip_adapter.scale = value
+
+
+class ControlledIPAdapterAttnProcessor(ControlledAttnProcessor, StockAdapter, IPAdapterAttnProcessor2_0):
+    """:class:`ControlledAttnProcessor` on a layer whose stock processor is ``IPAdapterAttnProcessor2_0``,
+    holding that adapter as :class:`StockAdapter` does."""
+
+    def __init__(self, controller: ControlSource, layer: LayerInfo, stock: IPAdapterAttnProcessor2_0) -> None:
+        self._hold(stock)
+        ControlledAttnProcessor.__init__(self, controller, layer, ip_adapter=stock)

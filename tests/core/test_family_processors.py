@@ -194,6 +194,15 @@ def test_ip_adapter_is_kept_bit_for_bit(masked):
     assert not torch.equal(stock, without)  # the adapter does contribute
 
 
+def test_unet_ip_adapter_weights_stay_the_unets_while_installed():
+    unet = ip_adapter_unet()
+    stock = [name for name, _ in unet.named_parameters() if "_ip" in name]
+    with AttentionController().installed(unet):
+        assert len([name for name, _ in unet.named_parameters() if "_ip" in name]) == len(stock) > 0
+        unet.to(torch.float64)  # as enable_model_cpu_offload moves the UNet before each forward
+    assert all(p.dtype == torch.float64 for name, p in unet.named_parameters() if "_ip" in name)
+
+
 def test_controls_work_together_with_an_ip_adapter():
     unet = ip_adapter_unet()
     store = AttentionStore()
