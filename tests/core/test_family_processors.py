@@ -55,19 +55,27 @@ def compare_every_layer(model: torch.nn.Module, originals: dict) -> list[tuple[s
     return results, handles
 
 
+def run_compared(model: torch.nn.Module, originals: dict, run):
+    """``run()`` with the controller installed and every layer checked against its stock processor:
+    (per-layer results, the output, the installed processors)."""
+    with AttentionController().installed(model):
+        installed = dict(model.attn_processors)
+        results, handles = compare_every_layer(model, originals)
+        try:
+            output = run()
+        finally:
+            for handle in handles:
+                handle.remove()
+    return results, output, installed
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_no_control_is_the_stock_processor_on_every_layer_and_the_stock_pipeline(family, pipes):
     pipe = pipes[family]
     model = denoiser(pipe)
     stock = run_pipe(pipe, family)
     originals = dict(model.attn_processors)
-    with AttentionController().installed(model):
-        results, handles = compare_every_layer(model, originals)
-        try:
-            ours = run_pipe(pipe, family)
-        finally:
-            for handle in handles:
-                handle.remove()
+    results, ours, _ = run_compared(model, originals, lambda: run_pipe(pipe, family))
     assert {name for name, _ in results} == set(originals)  # every layer ran
     assert all(equal for _, equal in results), [name for name, equal in results if not equal]
     assert torch.equal(stock, ours)
@@ -255,14 +263,7 @@ def test_ip_adapter_processors_equal_the_stock_ones_with_no_control(family, ip_p
     originals = dict(model.attn_processors)
     adapters = {name for name, p in originals.items() if "IPAdapter" in type(p).__name__}
     assert adapters  # the loader installed them
-    with AttentionController().installed(model):
-        installed = dict(model.attn_processors)
-        results, handles = compare_every_layer(model, originals)
-        try:
-            ours = run_ip(pipe, family)
-        finally:
-            for handle in handles:
-                handle.remove()
+    results, ours, installed = run_compared(model, originals, lambda: run_ip(pipe, family))
     assert {type(installed[name]).__name__ for name in adapters} == {f"Controlled{'Flux' if family == 'flux' else 'SD3'}"
                                                                      "IPAdapterProcessor"}  # fmt: skip
     ran = {name for name, _ in results}
