@@ -87,7 +87,8 @@ def appended_phrase_rows(model: torch.nn.Module, embeds: torch.Tensor, owners: S
         if "ip_adapter_image_embeds" in extra:  # an IP-Adapter's image rows (SD3: a tensor, Flux: one per adapter)
             images = extra["ip_adapter_image_embeds"]
             rows = [torch.cat([e, e.index_select(0, index)]) for e in (images if isinstance(images, list) else [images])]
-            kwargs["joint_attention_kwargs"] = extra | {"ip_adapter_image_embeds": rows if isinstance(images, list) else rows[0]}
+            kwargs["joint_attention_kwargs"] = extra | {"ip_adapter_image_embeds": rows if isinstance(images, list)
+                                                        else rows[0]}  # fmt: skip
         batch["size"] = size
         return args, kwargs
 
