@@ -32,9 +32,11 @@ _LAZY = {
     "RegionalFluxPipeline": "attnctl.pipelines.regional",
     "AttendAndExcitePipeline": "attnctl.pipelines.attend_excite",
     "AttendAndExciteXLPipeline": "attnctl.pipelines.attend_excite",
+    "AttendAndExcitePixArtSigmaPipeline": "attnctl.pipelines.attend_excite",
     "AttendAndExcitePipelineOutput": "attnctl.pipelines.attend_excite",
     "SynGenPipeline": "attnctl.pipelines.syngen",
     "SynGenXLPipeline": "attnctl.pipelines.syngen",
+    "SynGenPixArtSigmaPipeline": "attnctl.pipelines.syngen",
     "SynGenPipelineOutput": "attnctl.pipelines.syngen",
 }
 
