@@ -42,6 +42,15 @@ def test_attend_excite_moves_every_step_deterministically(pipes, stock_images):
     assert torch.equal(first.images, again)
 
 
+def test_heat_maps_of_a_guided_run_are_the_prompt_tokens(pipes):
+    """The heat maps come from the stock passes only (not the guidance forwards), one per T5 prompt token."""
+    out = pipes[1](PROMPT, token_indices=NOUNS, max_iter_to_alter=2, thresholds={}, scale_factor=1e5,
+                   return_attention_maps=True, **tiny_call_arguments("pixart"))
+    maps = out.attention_maps[0]
+    assert maps.tokens == PROMPT.split() and maps.maps.shape == (7, 32, 48)
+    assert torch.isfinite(maps.maps).all() and (maps.maps >= 0).all()
+
+
 def test_token_positions_come_from_the_tokenizer(pipes, tiny_sd_path):
     from attnctl import AttendAndExcitePipeline
 
