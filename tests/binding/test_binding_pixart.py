@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import HeunDiscreteScheduler
+from diffusers import HeunDiscreteScheduler, PixArtSigmaPipeline
 
 from attnctl import AttendAndExcitePixArtSigmaPipeline
 from attnctl.core import AttentionController, guidance_rows
@@ -40,6 +40,20 @@ def test_attend_excite_moves_every_step_deterministically(pipes, stock_images):
     assert torch.isfinite(first.images).all() and not torch.equal(first.images, stock_images)
     again = _run(pipes[1], token_indices=NOUNS, max_iter_to_alter=2, thresholds={}, scale_factor=1e5)
     assert torch.equal(first.images, again)
+
+
+def test_resolution_binning_draws_the_latents_at_the_binned_size(tiny_pixart_path):
+    """With ``use_resolution_binning`` PixArt draws its latents at the nearest aspect-ratio bin, and so must the
+    guidance: a guided run that never moves z equals stock (a transformer that declares sample_size 32 has
+    bins; the tiny one's 16 has none)."""
+    stock = PixArtSigmaPipeline.from_pretrained(tiny_pixart_path)
+    stock.transformer.register_to_config(sample_size=32)  # this copy only
+    ae = AttendAndExcitePixArtSigmaPipeline(**stock.components)
+    args = {**tiny_call_arguments("pixart"), "use_resolution_binning": True, "height": 64, "width": 96}
+    expected = stock(PROMPT, **args).images
+    args["generator"] = torch.Generator().manual_seed(0)
+    out = ae(PROMPT, token_indices=NOUNS, max_iter_to_alter=0, thresholds={0: 0.0}, **args)
+    assert len(out.guidance_log) == 1 and torch.equal(out.images, expected)
 
 
 def test_heat_maps_of_a_guided_run_are_the_prompt_tokens(pipes):
@@ -115,6 +129,7 @@ def test_user_callback_keeps_its_cadence_and_sees_the_loop_latents(pipes):
     ("kwargs", "match"),
     [
         (dict(callback_steps=0), "callback_steps=0"),
+        (dict(use_resolution_binning=True), "no aspect-ratio bins for a transformer of sample_size 16"),
         (dict(token_indices=[-1]), "token_indices"),
         (dict(attn_res=(9, 12)), r"attn_res=\(9, 12\) is finer than this model's token grid \(8, 12\)"),
     ],
