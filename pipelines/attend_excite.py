@@ -26,7 +26,7 @@ from diffusers.utils import BaseOutput
 from attnctl.binding.attend_excite import DEFAULT_THRESHOLDS, RELEASE_KEYS, AttendExciteLoss, Subject
 from attnctl.core import TokenHeatmaps
 from attnctl.guidance import GuidanceSchedule, decaying_step_sizes
-from attnctl.structured.phrases import normalize_prompt, subject_words
+from attnctl.structured.phrases import subject_words
 
 from .base import MethodRun
 from .guided import GuidedMethodMixin, finish_as, per_prompt
@@ -79,9 +79,14 @@ class AttendExciteMethod(GuidedMethodMixin):
         return [s for s in subjects if s[-1] < end]
 
     def get_indices(self, prompt: str) -> dict[int, str]:
-        """Text-key position -> token text, as diffusers' pipeline offers, to choose ``token_indices`` by hand."""
+        """Text-key position -> token text, as diffusers' pipeline offers, to choose ``token_indices`` by hand.
+
+        PixArt lower-cases the prompt before T5 reads it (its ``_text_preprocessing``; CLIP's tokenizer does it
+        itself), so its tokens are those of the lower-cased text."""
         tokenizer = self.family_text.tokenizer(self)
-        ids = tokenizer(normalize_prompt(prompt) if self.masked_padding else prompt).input_ids
+        if hasattr(self, "_text_preprocessing"):
+            prompt = self._text_preprocessing(prompt, clean_caption=False)[0]
+        ids = tokenizer(prompt).input_ids
         return {index: tokenizer.decode([token]).strip() for index, token in enumerate(ids)}
 
     def _lengths(self, call: Mapping[str, Any], prompts: list[str] | None, num_prompts: int) -> list[int]:
