@@ -37,11 +37,10 @@ from attnctl.composer import (
     SubjectInjection,
     TokenRegion,
     Trajectories,
-    all_rows,
     check_same_size,
     check_token_indices,
     compose,
-    conditional_half,
+    conditional_rows,
     data_from_output,
     initial_latents,
     invert,
@@ -348,12 +347,11 @@ class PrimeComposerPipeline(ComposerMethod, StableDiffusionImg2ImgPipeline):
 
         maps = CorrelationMaps()
         layout_at = inputs.placement.at
-        rows = conditional_half if self.do_classifier_free_guidance else all_rows  # the generator's cond rows
-        injection = SubjectInjection(layout_at, maps, rows)
+        injection = SubjectInjection(layout_at, maps, conditional_rows)  # the rows each generator pass declares "cond"
         controls = [CorrelationRecorder(layout_at, maps, queries_from_composite=not faithful), injection]
         if config.use_rca and tokens:
             controls.append(RegionConstrainedCrossAttention(
-                [TokenRegion(tuple(tokens), lambda grid: layout_at(grid).target_mask())], rows, GENERATOR))
+                [TokenRegion(tuple(tokens), lambda grid: layout_at(grid).target_mask())], conditional_rows, GENERATOR))
         controller = AttentionController(controls)
         schedule = DiscreteVPSchedule(self.scheduler.alphas_cumprod)
         model = _UNetComposer(self, controller, injection, schedule, embeds)
