@@ -1,16 +1,20 @@
-"""PrimeComposerPipeline: the pipeline contract, then end to end on the tiny offline SD: both modes and domains,
-the background guarantee and the bad-input errors of issue 8."""
+"""PrimeComposerPipeline: the pipeline contract on SD and SDXL, then end to end on the tiny offline SD and SDXL:
+both modes and domains, the background guarantee, control off = the stock UNet, the bad-input errors of issue 8,
+and what SDXL adds (both text encoders, the pooled embedding and time ids in every pass, the VAE upcast)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
-from contract import PipelineContract
+from contract import OnSDXL, PipelineContract
 
 from attnctl import PrimeComposerPipeline
+from attnctl.core import AttentionController
 
 PROMPT = "a red dog sitting on a bench"
 
@@ -42,14 +46,23 @@ class TestComposerSD(PipelineContract):
                     inversion_token_id=None, output_type="pt")
 
 
-def test_sdxl_is_refused_before_loading(tiny_sdxl_path):
-    with pytest.raises(ValueError, match="ComposerMethod does not support the sdxl family; it supports: sd"):
-        PrimeComposerPipeline.from_pretrained(tiny_sdxl_path)
+class TestComposerSDXL(OnSDXL, TestComposerSD):
+    bad_arguments = [({"guidance_rescale": 0.7}, "guidance_rescale=0.7 is not supported"),
+                     ({"subject_words": "cat"}, "'cat'")]
 
 
-@pytest.fixture(scope="module")
-def pipe(load_tiny_sd):
-    return load_tiny_sd(PrimeComposerPipeline)
+@pytest.mark.parametrize("pipeline", ["StableDiffusion3Pipeline", "FluxPipeline", "PixArtSigmaPipeline"])
+def test_other_families_are_refused_before_loading(tmp_path, pipeline):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))  # nothing else to load
+    with pytest.raises(ValueError, match="ComposerMethod does not support the .* family; it supports: sd, sdxl"):
+        PrimeComposerPipeline.from_pretrained(tmp_path)
+
+
+@pytest.fixture(scope="module", params=["sd", "sdxl"])
+def pipe(request):
+    pipeline = PrimeComposerPipeline.from_pretrained(request.getfixturevalue(f"tiny_{request.param}_path"))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def _compose(pipe, **overrides):
@@ -63,13 +76,17 @@ def _compose(pipe, **overrides):
 
 @pytest.mark.parametrize(("faithful", "domain"), [(False, "same"), (False, "cross"), (True, "same")])
 def test_composition_runs_and_returns_the_masks_it_used(pipe, faithful, domain):
-    out = _compose(pipe, faithful=faithful, domain=domain)
-    height, width = (64, 64) if faithful else (48, 64)  # faithful: the release's square canvas
+    # faithful: the release's square canvas, SD's default size; the tiny SDXL's default (32 px) leaves the subject no
+    # cell on its coarsest grid, so it gets the same 64 px canvas explicitly
+    sizes = {"height": 64, "width": 64} if faithful and pipe.family == "sdxl" else {}
+    out = _compose(pipe, faithful=faithful, domain=domain, **sizes)
+    height, width = (64, 64) if faithful else (48, 64)
     assert out.images.shape == (1, height, width, 3) and np.isfinite(out.images).all()
     assert set(out.masks) == {"subject", "box", "reference", "target"}
     assert all(mask.size == (width, height) for mask in out.masks.values())
     latent = (height // 2, width // 2)
-    assert set(out.layer_masks) == {latent, (latent[0] // 2, latent[1] // 2)}
+    levels = {"sd": 2, "sdxl": 3}[pipe.family]  # UNet resolutions of the tiny models
+    assert set(out.layer_masks) == {(latent[0] // 2**i, latent[1] // 2**i) for i in range(levels)}
     for grid, layer in out.layer_masks.items():
         assert layer.shape == grid and (layer == 2).any() and (layer == 0).any()
     assert out[0] is out.images
@@ -107,15 +124,29 @@ def test_rca_and_injection_each_change_the_result(pipe):
     assert not np.array_equal(_compose(pipe, tau_a=0.0, tau_c=0.0).images, base)
 
 
+def _position_embedding(encoder):
+    """CLIP's position embedding (``CLIPTextModelWithProjection`` keeps it under ``text_model``)."""
+    return next(m for name, m in encoder.named_modules() if name.endswith("embeddings.position_embedding"))
+
+
 def test_exceptional_inversion_prompt_drops_position_embeddings(pipe):
     token = 600
     ours = pipe.encode_inversion_prompt(token, torch.device("cpu"))
-    encoder = copy.deepcopy(pipe.text_encoder)
+    encoders = [copy.deepcopy(pipe.text_encoder)] + ([copy.deepcopy(pipe.text_encoder_2)] if pipe.family == "sdxl"
+                                                     else [])
+    ids = torch.full((1, 77), token)
     with torch.no_grad():
-        encoder.embeddings.position_embedding.weight.zero_()
-        expected = encoder(torch.full((1, 77), token))[0]
-    torch.testing.assert_close(ours, expected)
-    assert not pipe.text_encoder.embeddings.position_embedding._forward_hooks  # the hook is gone
+        for encoder in encoders:
+            _position_embedding(encoder).weight.zero_()
+        if pipe.family == "sd":
+            torch.testing.assert_close(ours.states, encoders[0](ids)[0])
+            assert ours.added == {}
+        else:  # SDXL: both encoders' penultimate states side by side, the second's pooled projection
+            outputs = [encoder(ids, output_hidden_states=True) for encoder in encoders]
+            torch.testing.assert_close(ours.states, torch.cat([o.hidden_states[-2] for o in outputs], dim=-1))
+            torch.testing.assert_close(ours.added["text_embeds"], outputs[1].text_embeds)
+    for encoder in pipe.text_encoders:
+        assert not _position_embedding(encoder)._forward_hooks  # the hooks are gone
     with pytest.raises(ValueError, match="inversion_token_id=7788 is not in the tokenizer's vocabulary"):
         _compose(pipe, inversion_token_id=7788)
     assert _compose(pipe, inversion_token_id=token).images.shape == (1, 48, 64, 3)
@@ -146,11 +177,12 @@ def test_auto_inversion_token_uses_tf_icons_token_only_where_the_vocabulary_has_
         ({"tau_a": 0.9, "tau_b": 0.8}, "tau values are out of order"),
         ({"tau_b": 1.5}, r"tau_b=1.5 is invalid: expected a finite number in \[0, 1\]"),
         ({"subject_words": None}, "pass subject_words"),
-        ({"strength": 0.5}, "strength=0.5 is not supported"),
-        ({"height": 50}, "height=50 is invalid: expected a multiple of 4"),
+        ({"eta": 0.5}, "eta=0.5 is not supported"),
+        ({"height": 50}, "height=50 is invalid: expected a multiple of {multiple}"),
         ({"faithful": True, "height": 64, "width": 32}, "square canvas"),
     ],
 )
 def test_bad_input_raises_a_clear_error(pipe, overrides, message):
-    with pytest.raises(ValueError, match=message):
+    multiple = {"sd": 4, "sdxl": 8}[pipe.family]  # VAE factor 2 x the UNet's downsampling (2 or 3 levels)
+    with pytest.raises(ValueError, match=message.format(multiple=multiple)):
         _compose(pipe, **overrides)
