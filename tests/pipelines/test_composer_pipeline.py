@@ -186,3 +186,102 @@ def test_bad_input_raises_a_clear_error(pipe, overrides, message):
     multiple = {"sd": 4, "sdxl": 8}[pipe.family]  # VAE factor 2 x the UNet's downsampling (2 or 3 levels)
     with pytest.raises(ValueError, match=message.format(multiple=multiple)):
         _compose(pipe, **overrides)
+
+
+def test_with_every_control_off_the_controlled_unet_is_the_stock_unet(pipe, monkeypatch):
+    # no injection, no re-paste, no RCA: the installed processors must compute exactly what diffusers' do
+    controls_off = dict(tau_a=0.0, tau_c=0.0, rca=False)
+    controlled = _compose(pipe, **controls_off).images
+    on = _compose(pipe, tau_a=0.5, tau_c=0.0).images  # injection and RCA on: a different, finite image
+    assert np.isfinite(on).all() and not np.array_equal(on, controlled)
+    monkeypatch.setattr(AttentionController, "installed", lambda self, model: contextlib.nullcontext())
+    assert np.array_equal(controlled, _compose(pipe, **controls_off).images)  # diffusers' own processors
+
+
+@pytest.fixture(scope="module")
+def xl_pipe(tiny_sdxl_path):
+    pipeline = PrimeComposerPipeline.from_pretrained(tiny_sdxl_path)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _unet_inputs(pipe, **overrides):
+    """Every UNet call's batch size, ``encoder_hidden_states`` and ``added_cond_kwargs`` during one composition."""
+    seen = []
+
+    def record(module, args, kwargs):
+        seen.append((args[0].shape[0], kwargs["encoder_hidden_states"], kwargs["added_cond_kwargs"]))
+
+    handle = pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        _compose(pipe, num_inference_steps=2, **overrides)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_sdxl_every_unet_pass_gets_the_pooled_embedding_and_the_time_ids(xl_pipe):
+    cond, uncond, pooled, negative_pooled = xl_pipe.encode_prompt(PROMPT, device="cpu", num_images_per_prompt=1,
+                                                                  do_classifier_free_guidance=True)
+    empty_states, _, empty_pooled, _ = xl_pipe.encode_prompt("", device="cpu", num_images_per_prompt=1,
+                                                             do_classifier_free_guidance=False)
+    seen = _unet_inputs(xl_pipe, tau_a=0.5, tau_c=0.0)
+    # 2 inversion steps ([background, reference]), then per step: one correlation pass when injecting, and the
+    # generator ([uncond, cond]); 0.5 of 2 steps inject
+    assert [batch for batch, _, _ in seen] == [2, 2, 2, 2, 2]
+    inversion, correlation, generator = seen[:2], seen[2], seen[3:]
+    time_ids = torch.tensor([[48.0, 64.0, 0.0, 0.0, 48.0, 64.0]])  # (original size, crop corner, target size)
+    for batch, _, added in seen:
+        assert set(added) == {"text_embeds", "time_ids"} and torch.equal(added["time_ids"], time_ids.expand(batch, -1))
+    for _, states, added in inversion:  # inversion_token_id=None: the empty prompt through both encoders
+        assert torch.equal(states, empty_states.expand(2, -1, -1))
+        assert torch.equal(added["text_embeds"], empty_pooled.expand(2, -1))
+    _, states, added = correlation  # paper mode: [composite, reference], the prompt's condition
+    assert torch.equal(states, cond.expand(2, -1, -1)) and torch.equal(added["text_embeds"], pooled.expand(2, -1))
+    for _, states, added in generator:
+        assert torch.equal(states, torch.cat([uncond, cond]))
+        assert torch.equal(added["text_embeds"], torch.cat([negative_pooled, pooled]))
+
+
+def test_sdxl_micro_conditioning_arguments_reach_the_unet(xl_pipe):
+    seen = _unet_inputs(xl_pipe, original_size=(96, 128), target_size=(48, 64), crops_coords_top_left=(4, 8),
+                        negative_original_size=(32, 32), negative_target_size=(16, 16))
+    generator = seen[-1][2]["time_ids"]
+    assert generator.tolist() == [[32.0, 32.0, 0.0, 0.0, 16.0, 16.0], [96.0, 128.0, 4.0, 8.0, 48.0, 64.0]]
+    assert all(added["time_ids"][-1].tolist() == [96.0, 128.0, 4.0, 8.0, 48.0, 64.0] for _, _, added in seen)
+    default = _compose(xl_pipe).images
+    assert not np.array_equal(_compose(xl_pipe, original_size=(96, 128)).images, default)
+
+
+def test_sdxl_vae_runs_in_float32_where_its_config_forces_the_upcast(xl_pipe):
+    dtypes = []
+    handles = [m.register_forward_pre_hook(lambda module, args: dtypes.append(args[0].dtype))
+               for m in (xl_pipe.vae.encoder, xl_pipe.vae.decoder)]
+    assert xl_pipe.vae.config.force_upcast
+    try:
+        xl_pipe.vae.to(torch.float16)
+        background = _images()[0]
+        latents = xl_pipe.encode_image_latents(background, False, None, torch.device("cpu"))
+        assert xl_pipe.vae.dtype == torch.float16 and latents.dtype == xl_pipe.unet.dtype
+        images, nsfw = xl_pipe._decode(latents, "pt", torch.device("cpu"), latents.dtype)
+        assert xl_pipe.vae.dtype == torch.float16 and nsfw is None and torch.isfinite(images).all()
+    finally:
+        xl_pipe.vae.to(torch.float32)
+        for handle in handles:
+            handle.remove()
+    assert dtypes == [torch.float32, torch.float32]  # the encoder and the decoder ran upcast
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"prompt_2": "a cat on a bench"}, "prompt_2 differs from prompt"),
+        ({"prompt": None, "prompt_embeds": torch.zeros(1, 77, 24), "subject_words": None,
+          "subject_token_indices": [3]}, "prompt_embeds was given without pooled_prompt_embeds"),
+        ({"denoising_end": 0.5}, "denoising_end=0.5 is not supported"),
+        ({"num_images_per_prompt": 2}, "num_images_per_prompt=2 is not supported"),
+    ],
+)
+def test_sdxl_bad_input_raises_a_clear_error(xl_pipe, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _compose(xl_pipe, **overrides)
