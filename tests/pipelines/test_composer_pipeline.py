@@ -13,8 +13,10 @@ import pytest
 import torch
 from contract import OnSDXL, PipelineContract
 
-from attnctl import PrimeComposerPipeline
+from attnctl import PrimeComposerPipeline, PrimeComposerXLPipeline
 from attnctl.core import AttentionController
+from attnctl.methods.compose import SPEC
+from attnctl.models.families import get_family
 
 PROMPT = "a red dog sitting on a bench"
 
@@ -285,3 +287,11 @@ def test_sdxl_vae_runs_in_float32_where_its_config_forces_the_upcast(xl_pipe):
 def test_sdxl_bad_input_raises_a_clear_error(xl_pipe, overrides, message):
     with pytest.raises(ValueError, match=message):
         _compose(xl_pipe, **overrides)
+
+
+def test_the_compose_method_spec_accepts_sd_and_sdxl_for_the_cli_and_the_ui():
+    for family in ("sd", "sdxl"):
+        SPEC.require_family(get_family(family))  # what `attnctl generate --method compose` and the UI call
+    SPEC.check_signature(PrimeComposerXLPipeline)  # every argument the spec passes is a named __call__ argument
+    with pytest.raises(ValueError, match=r"compose does not apply to .*\(sd3\).*families sd, sdxl"):
+        SPEC.require_family(get_family("sd3"))
