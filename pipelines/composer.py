@@ -178,6 +178,19 @@ def _composer_signature(parent_call: Callable, composition: Callable) -> inspect
     return inspect.Signature(merged + [p for name, p in own.items() if name not in taken])
 
 
+def _variant_call(cls: type) -> Callable:
+    """``__call__`` of a variant: :meth:`ComposerMethod._composer_call` under the variant's own signature (its
+    parent's arguments plus those of :meth:`ComposerMethod.composition`) and docstring."""
+    parent = parent_pipeline(cls)
+    call = lambda self, *args, **kwargs: self._composer_call(args, kwargs)  # noqa: E731 (one function per variant)
+    call.__signature__ = _composer_signature(parent.__call__, cls.composition)
+    call.__name__, call.__qualname__ = "__call__", f"{cls.__name__}.__call__"
+    call.__doc__ = (f"{cls.__name__}: compose ``subject_image`` into the background ``image``. Arguments of "
+                    f"``{parent.__name__}.__call__`` the composition does not read are accepted only at their "
+                    f"defaults.\n\n{inspect.getdoc(cls.composition) or ''}")
+    return torch.no_grad()(call)
+
+
 #: Parent ``__call__`` arguments the composition reads, on every family; the others must stay at their defaults.
 COMMON_ARGUMENTS = frozenset({
     "prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "generator", "output_type",
@@ -208,19 +221,8 @@ class ComposerMethod(FamilyPipelineMixin):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "family" not in cls.__dict__:
-            return
-        parent = parent_pipeline(cls)
-
-        def __call__(self, *args, **kwargs):  # noqa: N807 (a per-class copy, so each carries its own signature)
-            return self._composer_call(args, kwargs)
-
-        __call__.__signature__ = _composer_signature(parent.__call__, cls.composition)
-        __call__.__doc__ = (f"{cls.__name__}: compose ``subject_image`` into the background ``image``. Arguments "
-                            f"of ``{parent.__name__}.__call__`` the composition does not read are accepted only at "
-                            f"their defaults.\n\n{inspect.getdoc(cls.composition) or ''}")
-        __call__.__qualname__ = f"{cls.__name__}.__call__"
-        cls.__call__ = torch.no_grad()(__call__)
+        if "family" in cls.__dict__:  # a variant: its own __call__, signature and docstring
+            cls.__call__ = _variant_call(cls)
 
     # -- family hooks --------------------------------------------------------------------------------------
     def encode_conditions(self, call: Mapping[str, Any], canvas_hw: tuple[int, int],
