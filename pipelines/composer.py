@@ -108,7 +108,7 @@ class UNetCondition:
         return self.states.expand(size, -1, -1), added or None
 
     def stacked_on(self, first: UNetCondition) -> UNetCondition:
-        """``[first, self]`` along the batch (``uncond.stacked`` ... a ``[uncond, cond]`` guidance batch)."""
+        """``[first, self]`` along the batch: ``cond.stacked_on(uncond)`` is the ``[uncond, cond]`` guidance batch."""
         return UNetCondition(torch.cat([first.states, self.states]),
                              {name: torch.cat([first.added[name], value]) for name, value in self.added.items()})
 
