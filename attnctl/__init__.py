@@ -24,6 +24,7 @@ _LAZY = {
     "FreeSwimVACEPipeline": "attnctl.pipelines.freeswim",
     "PrimeComposerPipeline": "attnctl.pipelines.composer",
     "PrimeComposerPipelineOutput": "attnctl.pipelines.composer",
+    "PrimeComposerXLPipeline": "attnctl.pipelines.composer",
     "RegionalDiffusionPipeline": "attnctl.pipelines.regional",
     "RegionalDiffusionPipelineOutput": "attnctl.pipelines.regional",
     "RegionalDiffusionXLPipeline": "attnctl.pipelines.regional",
