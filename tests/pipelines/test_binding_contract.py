@@ -1,9 +1,10 @@
-"""AttendAndExcitePipeline and SynGenPipeline keep the pipeline contract on SD and SDXL (method tests: tests/binding)."""
+"""AttendAndExcitePipeline and SynGenPipeline keep the pipeline contract on SD, SDXL and PixArt-Sigma (method tests:
+tests/binding)."""
 
 from __future__ import annotations
 
 import pytest
-from contract import StockContract
+from contract import OnPixArt, StockContract
 
 from attnctl import AttendAndExcitePipeline, SynGenPipeline
 from attnctl.structured import load_english_pipeline
@@ -33,6 +34,19 @@ class TestAttendExciteSDXL(AttendExciteContract):
     path_fixture = "tiny_sdxl_path"
 
 
+class TestAttendExcitePixArt(OnPixArt, AttendExciteContract):
+    # T5 has no start token: "car" and "bench" are keys 2 and 6; 0 is a word, and the maps are pooled from the
+    # one token grid (8x12 here), so only a finer attn_res is refused
+    control_on = {**AttendExciteContract.control_on, "token_indices": [2, 6]}
+    control_off = {"token_indices": [2, 6], "scale_factor": 0}
+    bad_arguments = [
+        (dict(token_indices=[-1]), "token_indices"),
+        (dict(token_indices=[2, 99]), "token_indices"),
+        *AttendExciteContract.bad_arguments[1:4],
+        (dict(attn_res=(64, 64)), r"attn_res=\(64, 64\)"),
+    ]
+
+
 @needs_spacy
 class SynGenContract(StockContract):
     pipeline_class = SynGenPipeline
@@ -51,3 +65,7 @@ class TestSynGenSD(SynGenContract):
 
 class TestSynGenSDXL(SynGenContract):
     path_fixture = "tiny_sdxl_path"
+
+
+class TestSynGenPixArt(OnPixArt, SynGenContract):
+    pass
