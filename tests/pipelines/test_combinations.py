@@ -192,13 +192,17 @@ WAN_CALL = dict(prompt="a cat walking on the beach", negative_prompt="blurry", h
                 native_width=64, num_frames=5, num_inference_steps=2, max_sequence_length=16, output_type="pt")  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def freeswim(tiny_wan_path):
+def _load_freeswim(path):
     from attnctl import FreeSwimPipeline
 
-    pipe = FreeSwimPipeline.from_pretrained(tiny_wan_path)
+    pipe = FreeSwimPipeline.from_pretrained(path)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def freeswim(tiny_wan_path):
+    return _load_freeswim(tiny_wan_path)
 
 
 def _swim(pipe, **kwargs):
@@ -215,10 +219,7 @@ def _stock_wan(pipe, **kwargs):
 
 
 def test_freeswim_with_lora_is_the_stock_wan_pipeline_in_stage_one(tiny_wan_path, tmp_path):
-    from attnctl import FreeSwimPipeline
-
-    pipe = FreeSwimPipeline.from_pretrained(tiny_wan_path)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _load_freeswim(tiny_wan_path)  # its own: the LoRA stays loaded
     plain = _swim(pipe)
     pipe.load_lora_weights(str(write_tiny_transformer_lora(pipe.transformer, tmp_path)), weight_name="lora.safetensors")
     out = _swim(pipe, attention_kwargs={"scale": 0.5})
@@ -236,9 +237,6 @@ def test_freeswim_with_prompt_embeds_is_freeswim_with_the_prompt(freeswim):
 
 
 def test_freeswim_with_model_cpu_offload_is_unchanged(tiny_wan_path, freeswim):
-    from attnctl import FreeSwimPipeline
-
-    offloaded = FreeSwimPipeline.from_pretrained(tiny_wan_path)
-    offloaded.set_progress_bar_config(disable=True)
+    offloaded = _load_freeswim(tiny_wan_path)
     offloaded.enable_model_cpu_offload(device="cpu")
     assert torch.equal(_swim(offloaded).frames, _swim(freeswim).frames)
