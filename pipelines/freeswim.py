@@ -46,7 +46,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from attnctl.checks import check_call, pixel_multiple, video_frames
 from attnctl.core import AttentionController
-from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls
+from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls, freeswim_pass
 from attnctl.freeswim.wan_processor import TEXT_TOKENS, wan_processor_factory
 
 VideoInput = list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -496,10 +496,10 @@ class FreeSwimStages:
         if negative_prompt_embeds is not None:
             negative_prompt_embeds = negative_prompt_embeds.to(dtype)
 
+        controllers = {name: AttentionController(freeswim_controls(self._freeswim_states[name])) for name in models}
         with ExitStack() as stack:
             for name, model in models.items():
-                controller = AttentionController(freeswim_controls(self._freeswim_states[name]))
-                stack.enter_context(controller.installed(model, processor_factory=wan_processor_factory(model)))
+                stack.enter_context(controllers[name].installed(model, processor_factory=wan_processor_factory(model)))
             with self.progress_bar(total=len(timesteps)) as progress_bar:
                 for step, t in enumerate(timesteps):
                     if self.interrupt:
@@ -513,8 +513,8 @@ class FreeSwimStages:
                         passes["uncond"] = negative_prompt_embeds
                     predictions = {
                         branch: self._freeswim_pass(
-                            models[name], self._freeswim_states[name], step, branch, latents, t, embeds,
-                            attention_kwargs, inputs,
+                            models[name], controllers[name], self._freeswim_states[name], step, branch, latents, t,
+                            embeds, attention_kwargs, inputs,
                         )
                         for branch, embeds in passes.items()
                     }
@@ -543,6 +543,7 @@ class FreeSwimStages:
     def _freeswim_pass(
         self,
         model: torch.nn.Module,
+        controller: AttentionController,
         state: FreeSwimState,
         step: int,
         branch: str,
@@ -552,14 +553,15 @@ class FreeSwimStages:
         attention_kwargs: dict[str, Any] | None,
         inputs: RefineInputs,
     ) -> torch.Tensor:
-        """One transformer pass of ``branch``; dual passes stack window and full rows (same inputs)."""
+        """One transformer pass of ``branch``; a dual pass declares and stacks its window and full rows (same
+        inputs)."""
         rows = latents.shape[0]
         hidden, timestep = self._model_input(model, latents, t, inputs)
         batched = inputs.batched
-        if state.begin_pass(step, branch) == DUAL:
-            hidden, timestep, embeds = (torch.cat([x, x]) for x in (hidden, timestep, embeds))
-            batched = {name: torch.cat([x, x]) for name, x in batched.items()}
-        with model.cache_context(branch, step_index=step):
+        with freeswim_pass(model, controller, state, step, branch) as mode:
+            if mode == DUAL:
+                hidden, timestep, embeds = (torch.cat([x, x]) for x in (hidden, timestep, embeds))
+                batched = {name: torch.cat([x, x]) for name, x in batched.items()}
             prediction = model(
                 hidden_states=hidden.to(model.dtype),
                 timestep=timestep,
