@@ -717,7 +717,16 @@ class FreeSwimVACEPipeline(FreeSwimStages, WanVACEPipeline):
     ) -> FreeSwimPipelineOutput | tuple:
         """``video`` (the control video), ``mask``, ``reference_images`` and ``conditioning_scale`` as
         ``WanVACEPipeline`` takes them; every other argument as :meth:`FreeSwimPipeline.__call__`. With
-        ``output_type="latent"`` the latents keep the reference frames in front, as the parent's do."""
+        ``output_type="latent"`` the latents keep the reference frames in front, as the parent's do. One video per
+        call, as the parent makes: a list of prompts or ``num_videos_per_prompt`` > 1 is a ``ValueError``."""
+        embeds = kwargs.get("prompt_embeds")
+        prompts = len(prompt) if isinstance(prompt, list) else 1 if embeds is None else embeds.shape[0]
+        per_prompt = kwargs.get("num_videos_per_prompt", 1)
+        if prompts != 1 or per_prompt != 1:
+            raise ValueError(
+                f"{prompts} prompts with num_videos_per_prompt={per_prompt!r}: WanVACEPipeline makes one video per "
+                "call (its control video, mask and references are one); pass one prompt and num_videos_per_prompt=1"
+            )
         conditions = dict(
             video=video, mask=mask, reference_images=reference_images, conditioning_scale=conditioning_scale
         )
