@@ -120,15 +120,13 @@ class AttendExciteMethod(GuidedMethodMixin):
         prompts = self.prompt_list(call)
         num_prompts = len(prompts) if prompts else call["prompt_embeds"].shape[0]
         subjects = self._subjects(prompts, num_prompts, token_indices)
-        rows = [s for s in subjects for _ in range(call.get("num_images_per_prompt") or 1)]
         schedule = GuidanceSchedule(
             decaying_step_sizes(self.loop_length(call), scale_factor), update_steps=max_iter_to_alter,
             targets={i: 1.0 - level for i, level in thresholds.items()},
         )
 
         finish = finish_as(AttendAndExcitePipelineOutput, token_indices=subjects)
-        active = any(rows) and not schedule.off
-        return self.guided_run(call, AttendExciteLoss(rows), schedule, attn_res, active, return_attention_maps, finish)
+        return self.binding_run(call, AttendExciteLoss, subjects, schedule, attn_res, return_attention_maps, finish)
 
 
 class AttendAndExcitePipeline(AttendExciteMethod, StableDiffusionPipeline):

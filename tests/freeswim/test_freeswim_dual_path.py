@@ -6,16 +6,8 @@ import pytest
 import torch
 
 from attnctl.core import AttentionControl, AttentionController
-from attnctl.freeswim import (
-    CACHED,
-    DUAL,
-    DUAL_ROWS,
-    WINDOW,
-    FreeSwimConfig,
-    FreeSwimState,
-    freeswim_controls,
-    freeswim_pass,
-)
+from attnctl.freeswim import CACHED, DUAL, DUAL_ROWS, WINDOW, FreeSwimConfig, FreeSwimState, freeswim_controls
+from attnctl.freeswim.controls import freeswim_pass
 from attnctl.freeswim.wan_processor import wan_processor_factory
 from attnctl.models.tiny_wan import build_tiny_wan_transformer
 

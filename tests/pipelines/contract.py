@@ -204,7 +204,7 @@ class StockContract(BatchContract):
         assert isinstance(got, tuple) and len(got) == len(expected) and torch.equal(got[0], expected[0])
 
 
-# One mixin per family: a method's test class for a family is ``class TestMethodFamily(OnFamily, MethodContract)``.
+# One mixin per family: a method's test class for a family is ``(OnFamily, MethodContract)``, made by on_families.
 T5_CALL = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
 
 
@@ -242,3 +242,14 @@ class OnFlux:
 class OnPixArt:
     path_fixture = "tiny_pixart_path"
     call_kwargs = T5_CALL | {"clean_caption": False, "use_resolution_binning": False}
+
+
+def on_families(contract: type, *families: type) -> tuple[type, ...]:
+    """``contract`` on each family: one test class ``(On<Family>, contract)`` per family, named
+    ``Test<Method><Family>`` after the contract (``on_families(RegionalContract, OnSDXL)`` is ``TestRegionalSDXL``).
+    A test module binds them to those names, so pytest collects each as its own class."""
+    method = contract.__name__.removesuffix("Contract")
+    return tuple(
+        type(f"Test{method}{family.__name__.removeprefix('On')}", (family, contract), {"__module__": contract.__module__})
+        for family in families
+    )

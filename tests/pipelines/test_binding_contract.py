@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from contract import StockContract
+from contract import OnSD, OnSDXL, StockContract, on_families
 
 from attnctl import AttendAndExcitePipeline, SynGenPipeline
 from attnctl.structured import load_english_pipeline
@@ -25,12 +25,7 @@ class AttendExciteContract(StockContract):
     ]
 
 
-class TestAttendExciteSD(AttendExciteContract):
-    path_fixture = "tiny_sd_path"
-
-
-class TestAttendExciteSDXL(AttendExciteContract):
-    path_fixture = "tiny_sdxl_path"
+TestAttendExciteSD, TestAttendExciteSDXL = on_families(AttendExciteContract, OnSD, OnSDXL)
 
 
 @needs_spacy
@@ -45,9 +40,4 @@ class SynGenContract(StockContract):
     ]
 
 
-class TestSynGenSD(SynGenContract):
-    path_fixture = "tiny_sd_path"
-
-
-class TestSynGenSDXL(SynGenContract):
-    path_fixture = "tiny_sdxl_path"
+TestSynGenSD, TestSynGenSDXL = on_families(SynGenContract, OnSD, OnSDXL)
