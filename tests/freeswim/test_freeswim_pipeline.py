@@ -101,3 +101,12 @@ def test_wan22_gives_each_transformer_its_own_processors_and_cache():
     assert steps["transformer"] and steps["transformer_2"]
     assert min(steps["transformer_2"]) > max(steps["transformer"])  # high noise first, then low noise
     assert stock_processors(pipe.transformer) and stock_processors(pipe.transformer_2)
+
+
+def test_whole_floats_run_as_the_integers_they_are(pipe):
+    """Web forms send 64.0: every size and count accepts a whole float, with the integer's result."""
+    floats = dict(height=96.0, width=112.0, native_height=48.0, native_width=64.0, num_frames=5.0,
+                  num_inference_steps=3.0, cache_interval=2.0, num_videos_per_prompt=1.0)
+    integers = {name: int(value) for name, value in floats.items()}
+    assert torch.equal(generate(pipe, output_type="latent", **floats).frames,
+                       generate(pipe, output_type="latent", **integers).frames)
