@@ -1,54 +1,80 @@
-"""Progress bars: a ``callback_on_step_end`` that moves a ``gr.Progress`` bar as the denoiser steps."""
+"""Progress bars (a ``callback_on_step_end`` that moves a ``gr.Progress`` bar as the denoiser steps) and the
+server's time limit per request."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import gradio as gr
+import torch
 
 from .validation import seeded_generator, user_error, user_errors
 
 
 def step_progress(
-    progress: gr.Progress, stage: str, done_before: int = 0, total: int | None = None,
-    deadline: tuple[float, float] | None = None,
+    progress: gr.Progress, stage: str, done_before: int = 0, total: int | None = None
 ) -> Callable[..., dict]:
     """A diffusers step-end callback reporting ``(done_before + step + 1) / total`` labelled ``stage``.
 
     Several pipeline calls of one event share one bar: give each its offset ``done_before`` in the total.
     ``total=None`` reads the pipeline's ``num_timesteps`` (e.g. a refinement stage that skips early steps).
-    ``deadline``: ``(time.monotonic() at which to stop, the limit in seconds)``; a step ending later stops the
-    run there with a message (the pipeline restores its processors on the way out).
     """
 
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        if deadline is not None and time.monotonic() > deadline[0]:
-            raise user_error(f"this request ran past the server's time limit of {deadline[1]:g} s and was "
-                             "stopped; use fewer steps or a smaller size")
         progress((done_before + step + 1, total or pipe.num_timesteps), desc=stage, unit="steps")
         return tensors
 
     return on_step_end
 
 
+def watched_modules(pipe: Any) -> list[torch.nn.Module]:
+    """The pipeline's model components and their direct children: every denoiser call (denoising, PrimeComposer's
+    inversion, both FreeSwim stages), text encoding, and VAE encoding and decoding (``vae.encode``/``decode`` call
+    the VAE's ``encoder``/``decoder`` children, not its ``forward``)."""
+    components = [c for c in getattr(pipe, "components", {}).values() if isinstance(c, torch.nn.Module)]
+    return components + [child for component in components for child in component.children()]
+
+
+@contextmanager
+def time_limited(pipe: Any, deadline: tuple[float, float]) -> Iterator[None]:
+    """Within this block, a model call of ``pipe`` that would start after ``deadline`` (``(time.monotonic() at
+    which to stop, the limit in seconds)``) stops the run with a message instead; the pipeline restores its
+    processors on the way out. A request overruns the limit by at most one model call (one denoiser step or one
+    VAE decode), which the pixel, step and frame caps bound."""
+
+    def check(module: torch.nn.Module, args: Any) -> None:
+        if time.monotonic() > deadline[0]:
+            raise user_error(f"this request ran past the server's time limit of {deadline[1]:g} s and was "
+                             "stopped; use fewer steps or a smaller size")
+
+    handles = [module.register_forward_pre_hook(check) for module in watched_modules(pipe)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def staged_runs(
     pipe: Any, stages: Sequence[tuple[str, dict]], progress: gr.Progress, steps: int,
-    deadline: tuple[float, float] | None, seed: float, **common: Any,
+    deadline: tuple[float, float], seed: float, **common: Any,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """``pipe`` run once per ``(stage, arguments)``, each from ``seed`` with the ``common`` arguments and one
-    progress bar over all of them; returns the outputs and the seconds each stage took, by stage name."""
+    """``pipe`` run once per ``(stage, arguments)``, each from ``seed`` with the ``common`` arguments, one
+    progress bar over all of them and the request's ``deadline`` (:func:`time_limited`); returns the outputs and
+    the seconds each stage took, by stage name."""
     results, seconds = {}, {}
     for index, (stage, arguments) in enumerate(stages):
         started = time.perf_counter()
-        with user_errors():
+        with time_limited(pipe, deadline), user_errors():
             results[stage] = pipe(
                 **common,
                 **arguments,
                 generator=seeded_generator(seed),
                 num_inference_steps=steps,
-                callback_on_step_end=step_progress(progress, stage, index * steps, len(stages) * steps, deadline),
+                callback_on_step_end=step_progress(progress, stage, index * steps, len(stages) * steps),
             )
         seconds[stage] = round(time.perf_counter() - started, 3)
     return results, seconds

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import gradio as gr
 
 from attnctl.spec import COMMON_PARAMS
 
 from .limits import Limits
+from .validation import user_error
 
 PARAMS = {p.name: p for p in COMMON_PARAMS}
 
@@ -20,6 +22,30 @@ def method_tab(title: str, tab_id: str, intro: str) -> Iterator[None]:
     with gr.Tab(title, id=tab_id, elem_id=f"{tab_id}-tab"):
         gr.Markdown(intro)
         yield
+
+
+def decoded_upload(widget: gr.components.Component, preprocess, payload):
+    """``preprocess(payload)`` (Gradio decoding an upload) with an upload it cannot decode (a text file renamed
+    ``.png``, a truncated or unsupported image) turned into a message naming ``widget``, instead of Gradio's
+    generic "the upstream app has raised an exception". Gradio decodes uploads before any attnctl code runs and
+    passes ``gr.Error`` through unchanged."""
+    try:
+        return preprocess(payload)
+    except gr.Error:
+        raise
+    except Exception as err:  # PIL's UnidentifiedImageError, OSError (truncated), DecompressionBombError...
+        name = getattr(payload, "orig_name", None) or "the upload"
+        raise user_error(
+            f"{widget.label}: {name} could not be read as an image ({type(err).__name__}); upload a PNG, JPEG, "
+            "WebP or BMP file."
+        ) from None
+
+
+def image_upload(widget: gr.Image | gr.ImageEditor) -> gr.Image | gr.ImageEditor:
+    """``widget`` (an image input) with :func:`decoded_upload` around its decoding. Wrapped on the instance:
+    a subclass of a Gradio component makes Gradio write a ``.pyi`` stub beside this module at import."""
+    widget.preprocess = partial(decoded_upload, widget, widget.preprocess)
+    return widget
 
 
 def result_image(label: str) -> gr.Image:

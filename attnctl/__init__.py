@@ -24,6 +24,7 @@ _LAZY = {
     "FreeSwimVACEPipeline": "attnctl.pipelines.freeswim",
     "PrimeComposerPipeline": "attnctl.pipelines.composer",
     "PrimeComposerPipelineOutput": "attnctl.pipelines.composer",
+    "PrimeComposerXLPipeline": "attnctl.pipelines.composer",
     "RegionalDiffusionPipeline": "attnctl.pipelines.regional",
     "RegionalDiffusionPipelineOutput": "attnctl.pipelines.regional",
     "RegionalDiffusionXLPipeline": "attnctl.pipelines.regional",
@@ -32,9 +33,11 @@ _LAZY = {
     "RegionalFluxPipeline": "attnctl.pipelines.regional",
     "AttendAndExcitePipeline": "attnctl.pipelines.attend_excite",
     "AttendAndExciteXLPipeline": "attnctl.pipelines.attend_excite",
+    "AttendAndExcitePixArtSigmaPipeline": "attnctl.pipelines.attend_excite",
     "AttendAndExcitePipelineOutput": "attnctl.pipelines.attend_excite",
     "SynGenPipeline": "attnctl.pipelines.syngen",
     "SynGenXLPipeline": "attnctl.pipelines.syngen",
+    "SynGenPixArtSigmaPipeline": "attnctl.pipelines.syngen",
     "SynGenPipelineOutput": "attnctl.pipelines.syngen",
 }
 

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from attnctl.core import AttentionStore, TokenHeatmaps, guidance_rows
-from attnctl.guidance import GradientMaps, GuidanceSchedule, MapLoss, guidance_arguments
+from attnctl.guidance import GradientMaps, GuidanceSchedule, MapLoss, PooledGradientMaps, guidance_arguments
+from attnctl.structured.phrases import Word, normalize_prompt
 
 from .base import ControlledPipelineMixin, MethodRun
 
@@ -60,6 +61,32 @@ def per_prompt(value: Sequence | None, num_prompts: int, name: str, is_item: Cal
 class GuidedMethodMixin(ControlledPipelineMixin):
     """Base of methods that move the latents by the gradient of a loss on cross-attention maps."""
 
+    # -- prompt tokens as text-key positions (CLIP puts a start token first, T5 none: read off the tokenizer) --
+    def special_tokens(self) -> tuple[int, int]:
+        """(before, after): how many special tokens the tokenizer puts before and after a text (CLIP: 1, 1;
+        T5: 0, 1), so a word's key position is ``before`` + its token position in the text."""
+        tokenizer = self.family_text.tokenizer(self)
+        plain, full = tokenizer("a", add_special_tokens=False).input_ids, tokenizer("a").input_ids
+        before = next(i for i in range(len(full)) if full[i : i + len(plain)] == plain)
+        return before, len(full) - len(plain) - before
+
+    def word_positions(self, word: Word) -> tuple[int, ...]:
+        """The text-key positions of ``word``'s tokens."""
+        before = self.special_tokens()[0]
+        return tuple(range(before + word.token_start, before + word.token_end))
+
+    def prompt_length(self, prompt: str, call: Mapping[str, Any]) -> int:
+        """How many of the (normalised) prompt's tokens reach attention, special tokens excluded."""
+        tokenizer = self.family_text.tokenizer(self)
+        count = len(tokenizer(normalize_prompt(prompt), add_special_tokens=False).input_ids)
+        return min(count, self.family_text.max_tokens(self, call))
+
+    def gradient_maps(self, attn_res: tuple[int, int] | None) -> GradientMaps:
+        """The maps control: UNet layers at one resolution, or a transformer's one grid pooled to it."""
+        if self.model_family.denoiser == "transformer":
+            return PooledGradientMaps(attn_res)
+        return GradientMaps(attn_res)
+
     def loop_length(self, call: Mapping[str, Any]) -> int:
         """Number of denoising-loop iterations the scheduler will run (the length of a step-size schedule)."""
         from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
@@ -85,7 +112,7 @@ class GuidedMethodMixin(ControlledPipelineMixin):
         arguments: dict[str, Any] = {}
         history: list[dict[str, Any]] = []
         if active:
-            maps = GradientMaps(attn_res)
+            maps = self.gradient_maps(attn_res)
             guide, arguments = guidance_arguments(
                 self, call, maps, loss, schedule, lambda: self.install([maps], guidance_rows(rows)))
             controls.insert(0, maps)
@@ -96,6 +123,11 @@ class GuidedMethodMixin(ControlledPipelineMixin):
             return finish(output, heatmaps, history)
 
         return MethodRun(controls, done, arguments=arguments)
+
+    @staticmethod
+    def per_image(call: Mapping[str, Any], per_prompt_values: list) -> list:
+        """One entry per image row: each prompt's entry repeated ``num_images_per_prompt`` times."""
+        return [value for value in per_prompt_values for _ in range(call.get("num_images_per_prompt") or 1)]
 
     def binding_run(
         self,
@@ -109,6 +141,6 @@ class GuidedMethodMixin(ControlledPipelineMixin):
     ) -> MethodRun:
         """The run of a binding method (Attend-and-Excite, SynGen): the loss gets one row per image, each prompt's
         row repeated ``num_images_per_prompt`` times; guided while any row has targets and the schedule a step."""
-        rows = [row for row in per_prompt_rows for _ in range(call.get("num_images_per_prompt") or 1)]
+        rows = self.per_image(call, per_prompt_rows)
         active = any(rows) and not schedule.off
         return self.guided_run(call, loss_class(rows), schedule, attn_res, active, return_attention_maps, finish)

@@ -3,7 +3,7 @@
 Modifier-noun sets come from spaCy's dependency parse (:func:`attnctl.structured.phrases.modifier_sets`, the
 parser structured guidance uses); in the early steps the latents move down the gradient of the SynGen loss
 (:class:`attnctl.binding.syngen.SynGenLoss`) with a constant step. ``SynGenPipeline`` is Stable Diffusion
-1.x/2.x, ``SynGenXLPipeline`` SDXL.
+1.x/2.x, ``SynGenXLPipeline`` SDXL, ``SynGenPixArtSigmaPipeline`` PixArt-Sigma (T5 words, no start token).
 
 Switched off (the parent runs untouched, bit for bit): ``syngen_step_size=0``, ``num_intervention_steps=0``
 or a prompt without modifiers.
@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import PixArtSigmaPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import BaseOutput
 
 from attnctl.binding.syngen import ModifierIndices, SynGenLoss
 from attnctl.core import TokenHeatmaps
 from attnctl.guidance import GuidanceSchedule
-from attnctl.structured.phrases import ModifierSet, modifier_sets, prompt_token_count
+from attnctl.structured.phrases import ModifierSet, modifier_sets
 
 from .base import MethodRun
 from .guided import GuidedMethodMixin, finish_as, per_prompt
@@ -49,21 +49,25 @@ class SynGenPipelineOutput(BaseOutput):
     guidance_log: list[dict[str, Any]] | None = None
 
 
-def set_indices(sets: list[ModifierSet], num_tokens: int) -> list[ModifierIndices]:
-    """Token indices of each set and U(S): the prompt tokens 1..num_tokens outside the set."""
-    return [
-        ModifierIndices(s.noun.indices, tuple(m.indices for m in s.modifiers),
-                        tuple(i for i in range(1, num_tokens + 1) if i not in s.indices))
-        for s in sets
-    ]
-
-
 class SynGenMethod(GuidedMethodMixin):
     """SynGen, whatever the family; the variants below pick the parent pipeline."""
 
     def parse_modifiers(self, prompt: str) -> list[ModifierSet]:
         """The modifier sets of ``prompt`` (each noun with its modifiers and their token spans)."""
-        return modifier_sets(prompt, self.tokenizer)
+        return modifier_sets(prompt, self.family_text.tokenizer(self))
+
+    def set_indices(self, sets: list[ModifierSet], num_tokens: int) -> list[ModifierIndices]:
+        """Text-key positions of each set and U(S): the prompt's ``num_tokens`` tokens outside the set. Sets
+        with a word past the encoder's limit are dropped."""
+        before = self.special_tokens()[0]
+        prompt_keys = range(before, before + num_tokens)
+        result = []
+        for s in sets:
+            noun, modifiers = self.word_positions(s.noun), tuple(self.word_positions(m) for m in s.modifiers)
+            words = {i for word in (noun, *modifiers) for i in word}
+            if words <= set(prompt_keys):
+                result.append(ModifierIndices(noun, modifiers, tuple(i for i in prompt_keys if i not in words)))
+        return result
 
     def prepare(
         self,
@@ -81,7 +85,7 @@ class SynGenMethod(GuidedMethodMixin):
             syngen_step_size: the constant step alpha of z <- z - alpha grad L (20).
             num_intervention_steps: loop indices ``0 .. n-1`` are updated, one step each (25).
             attn_res: (height, width) of the attention layers read (as in Attend-and-Excite; ``None``: 16x16
-                for SD at 512 px).
+                for SD at 512 px; PixArt: the grid its token maps are pooled to).
             modifier_sets: sets from :meth:`parse_modifiers` to use instead of parsing (one flat list for
                 every prompt or one list per prompt).
             return_attention_maps: also return per-token heat maps of every image.
@@ -98,7 +102,7 @@ class SynGenMethod(GuidedMethodMixin):
             raise ValueError("SynGen needs the prompt text to find its modifiers; prompt_embeds alone is not enough")
         given = per_prompt(modifier_sets, len(prompts), "modifier_sets", lambda v: isinstance(v, ModifierSet))
         sets = given if given is not None else [self.parse_modifiers(p) for p in prompts]
-        indices = [set_indices(s, prompt_token_count(p, self.tokenizer)) for s, p in zip(sets, prompts)]
+        indices = [self.set_indices(s, self.prompt_length(p, call)) for s, p in zip(sets, prompts)]
         schedule = GuidanceSchedule((float(syngen_step_size),) * self.loop_length(call),
                                     update_steps=num_intervention_steps)
 
@@ -116,3 +120,9 @@ class SynGenXLPipeline(SynGenMethod, StableDiffusionXLPipeline):
     """SynGen on Stable Diffusion XL."""
 
     family = "sdxl"
+
+
+class SynGenPixArtSigmaPipeline(SynGenMethod, PixArtSigmaPipeline):
+    """SynGen on PixArt-Sigma: T5 modifier sets (no start token), maps pooled from its one token grid."""
+
+    family = "pixart"

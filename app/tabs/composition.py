@@ -17,7 +17,7 @@ from attnctl.methods.compose import SPEC as COMPOSE
 
 from ..examples import composer_files
 from ..models import ModelCache, model_event
-from ..progress import step_progress
+from ..progress import step_progress, time_limited
 from ..regions import drawn_mask, editor_background, typed_box
 from ..validation import (
     capped,
@@ -27,7 +27,7 @@ from ..validation import (
     user_error,
     user_errors,
 )
-from ..widgets import method_tab, result_image, seed_box, steps_slider
+from ..widgets import image_upload, method_tab, result_image, seed_box, steps_slider
 
 MASK_CAPTIONS = {  # the pipeline's mask name -> caption
     "target": "target box",
@@ -95,7 +95,7 @@ def compose(
     pipe = models.get(model, COMPOSE)
     token = pipe.resolve_inversion_token(DEFAULTS.inversion_token_id)  # "auto": shown in the run details
     started = time.perf_counter()
-    with user_errors():
+    with time_limited(pipe, models.limits.deadline()), user_errors():
         output = pipe(
             prompt,
             image=background_image,
@@ -110,7 +110,7 @@ def compose(
             guidance_scale=guidance,
             generator=seeded_generator(seed),
             inversion_token_id=token,
-            callback_on_step_end=step_progress(progress, "composing", 0, steps, models.limits.deadline()),
+            callback_on_step_end=step_progress(progress, "composing", 0, steps),
             **taus,
         )
     details = {
@@ -133,7 +133,7 @@ def compose(
 
 def editor(label: str) -> gr.ImageEditor:
     """An upload-and-paint editor: one layer, one fixed brush colour (only where is read, not the colour)."""
-    return gr.ImageEditor(
+    return image_upload(gr.ImageEditor(
         label=label,
         type="pil",
         sources=("upload", "clipboard"),
@@ -142,7 +142,7 @@ def editor(label: str) -> gr.ImageEditor:
         height=320,
         brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed"),
         format="png",
-    )
+    ))
 
 
 def build(models: ModelCache, model_box: gr.Textbox) -> None:
@@ -158,13 +158,13 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                 )
             with gr.Column(min_width=280):
                 subject = editor("Subject")
-                uploaded_mask = gr.Image(
+                uploaded_mask = image_upload(gr.Image(
                     label="Subject mask (optional upload)",
                     type="pil",
                     image_mode=None,  # as uploaded: a 16-bit mask is scaled by the pipeline, not clipped here
                     sources=("upload", "clipboard"),
                     height=160,
-                )
+                ))
             with gr.Column(min_width=280):
                 composite = result_image("Composite")
                 masks = gr.Gallery(

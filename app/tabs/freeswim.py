@@ -21,7 +21,7 @@ from attnctl.methods.freeswim import SPEC as FREESWIM
 
 from ..examples import moving_circle_video
 from ..models import ModelCache, model_event
-from ..progress import step_progress
+from ..progress import step_progress, time_limited
 from ..validation import (
     capped,
     required_text,
@@ -114,7 +114,7 @@ def upscale(
     pipe = models.get(video_model, FREESWIM)
     progress(0.0, desc="native-size stage" if frames_in is None else "encoding the video")
     started = time.perf_counter()
-    with user_errors():
+    with time_limited(pipe, limits.deadline()), user_errors():
         output = pipe(
             prompt,
             negative_prompt=negative.strip() or None,
@@ -127,7 +127,7 @@ def upscale(
             cache_interval=cache_interval,
             dual_path=dual_path,
             output_type="pil",
-            callback_on_step_end=step_progress(progress, "refining at the target size", deadline=limits.deadline()),
+            callback_on_step_end=step_progress(progress, "refining at the target size"),
             **sizes,
         )
     seconds = round(time.perf_counter() - started, 3)

@@ -16,7 +16,7 @@ from ..models import ModelCache, model_event
 from ..progress import staged_runs
 from ..regions import layer_boxes, phrase_regions
 from ..validation import capped, required_text, seeded_generator, spec_values, user_errors
-from ..widgets import method_tab, result_image, seed_box, steps_slider
+from ..widgets import image_upload, method_tab, result_image, seed_box, steps_slider
 
 #: The tab's controls checked by the method spec (the CLI's job-field checks): param name -> label.
 CONTROLS = {"steps": "Steps", "guidance": "Guidance", "layout_mode": "Mode", "layout_strength": "Strength",
@@ -136,7 +136,7 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                     info="One phrase of the prompt per line, then ': x0, y0, x1, y1' as fractions of the "
                     "image (left, top, right, bottom), or nothing to use the box painted on its layer.",
                 )
-                canvas = gr.ImageEditor(
+                canvas = image_upload(gr.ImageEditor(
                     value={
                         "background": Image.new("RGB", (CANVAS, CANVAS), "white"),
                         "layers": [],
@@ -151,7 +151,7 @@ def build(models: ModelCache, model_box: gr.Textbox) -> None:
                     canvas_size=(CANVAS, CANVAS),
                     height=320,
                     format="png",
-                )
+                ))
                 with gr.Row():
                     steps = steps_slider(models.limits, 25)
                     guidance = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance")

@@ -22,7 +22,7 @@ from attnctl.structured import STRUCT_MODES
 
 from ..heatmaps import token_overlays
 from ..models import MODEL_QUEUE, ModelCache, model_event
-from ..progress import staged_runs, step_progress
+from ..progress import staged_runs, step_progress, time_limited
 from ..validation import (
     capped,
     phrase_lines,
@@ -144,11 +144,11 @@ def generate_binding(
     for index, (stage, spec, arguments) in enumerate(methods):
         pipe = models.get(model, spec)
         started = time.perf_counter()
-        with user_errors():
+        with time_limited(pipe, deadline), user_errors():
             results.append(pipe(
                 prompt, negative_prompt=negative.strip() or None, return_attention_maps=True,
                 generator=seeded_generator(seed), num_inference_steps=steps, guidance_scale=values["guidance"],
-                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps, deadline), **arguments,
+                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps), **arguments,
             ))
         seconds[stage] = round(time.perf_counter() - started, 3)
     excite, syngen = results

@@ -16,7 +16,10 @@ import torch
 
 from ..guidance.maps import gaussian_kernel, smooth, token_softmax
 
-Subject = tuple[int, ...]  # the token indices of one subject (BOS at 0)
+Subject = tuple[int, ...]  # the text-key positions of one subject's tokens (CLIP: BOS at 0; T5: none)
+
+#: The release's columns of the token softmax for CLIP prompts: after the start token, before the last key.
+RELEASE_KEYS = (1, -1)
 
 #: The release's thresholds: loop index -> minimum attention every subject must reach (refinement).
 DEFAULT_THRESHOLDS = {0: 0.05, 10: 0.5, 20: 0.8}
@@ -30,6 +33,8 @@ class AttendExciteLoss:
         subjects: per row (image), its subjects; a row without subjects has loss 0.
         smooth_attentions, sigma, kernel_size: the Gaussian smoothing (release: on, 0.5, 3).
         temperature: the factor before the token softmax (release: 100).
+        keys: per row, the [first, end) text-key columns the softmax renormalises over; ``None``: the
+            release's :data:`RELEASE_KEYS` for every row (T5 prompts: their unmasked keys, from 0).
     """
 
     subjects: Sequence[Sequence[Subject]]
@@ -37,10 +42,12 @@ class AttendExciteLoss:
     sigma: float = 0.5
     kernel_size: int = 3
     temperature: float = 100.0
+    keys: Sequence[tuple[int, int]] | None = None
 
     def subject_peaks(self, maps: torch.Tensor, row: int) -> torch.Tensor:
         """(subjects,): max over pixels of each subject's (smoothed) renormalised map in ``row``."""
-        probs = token_softmax(maps[row : row + 1], first=1, temperature=self.temperature)[0]  # (tokens, h, w)
+        first, end = RELEASE_KEYS if self.keys is None else self.keys[row]
+        probs = token_softmax(maps[row : row + 1], first, self.temperature, end)[0]  # (tokens, h, w)
         subject_maps = torch.stack([probs[list(s)].sum(0) for s in self.subjects[row]])  # (subjects, h, w)
         if self.smooth_attentions:
             subject_maps = smooth(subject_maps, gaussian_kernel(self.kernel_size, self.sigma))

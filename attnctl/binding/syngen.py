@@ -34,9 +34,11 @@ def spatial_distributions(maps: torch.Tensor, eps: float | None = None) -> tuple
     """(P, log P) of maps (tokens, h, w): each map divided by its sum, logs of probabilities clamped to [eps, 1-eps].
 
     The clamp is ``torch.distributions``' (eps = the dtype's machine epsilon), which the release relies on.
+    A map with no attention at all (T5's masked padding keys) stays zero instead of 0/0, whose NaN would
+    reach the gradient of every other map through the backward of the division.
     """
     flat = maps.flatten(1)
-    probs = flat / flat.sum(dim=1, keepdim=True)
+    probs = flat / flat.sum(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
     eps = torch.finfo(probs.dtype).eps if eps is None else eps
     return probs, probs.clamp(eps, 1 - eps).log()
 

@@ -47,7 +47,14 @@ from .preprocess import (
     to_rgb_image,
     working_size,
 )
-from .rca import RegionConstrainedCrossAttention, TokenRegion, all_rows, conditional_half, rca_keep_mask
+from .rca import (
+    RegionConstrainedCrossAttention,
+    TokenRegion,
+    all_rows,
+    conditional_rows,
+    declared_rows,
+    rca_keep_mask,
+)
 from .sampler import CompositionModel, Trajectories, compose, initial_latents, keep_box, paste_cells
 from .solver import DiscreteVPSchedule, data_from_output, dpm_update, integrate, invert, sample, update_order
 from .tokens import check_token_indices, phrase_token_indices, words_token_indices
@@ -77,9 +84,10 @@ __all__ = [
     "check_same_size",
     "check_token_indices",
     "compose",
-    "conditional_half",
+    "conditional_rows",
     "correlation_cells",
     "data_from_output",
+    "declared_rows",
     "dpm_update",
     "fraction_steps",
     "initial_latents",

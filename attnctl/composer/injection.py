@@ -19,7 +19,7 @@ import torch
 
 from ..core import AttentionCall, AttentionControl, ContextSets
 from .geometry import Grid, GridLayout
-from .rca import RowSelector, conditional_half
+from .rca import RowSelector, conditional_rows, declared_rows
 
 CORRELATION = "correlation"
 GENERATOR = "generator"
@@ -64,8 +64,8 @@ class CorrelationRecorder(AttentionControl):
     Args:
         layout_at: grid -> :class:`GridLayout`.
         maps: where the logits go.
-        queries_from_composite: the batch is ``[composite, reference]`` and the composite row's keys and values come
-            from the reference row (paper); otherwise the batch is ``[reference]`` (release).
+        queries_from_composite: the pass declares ``[composite, reference]`` rows and the composite row's keys and
+            values come from the reference row (paper); otherwise it declares ``[reference]`` only (release).
     """
 
     def __init__(self, layout_at: LayoutAt, maps: CorrelationMaps, queries_from_composite: bool) -> None:
@@ -77,11 +77,18 @@ class CorrelationRecorder(AttentionControl):
         return (not call.is_cross and call.branch == CORRELATION and call.grid is not None
                 and len(call.grid) == 2)
 
+    def _query_rows(self, call: AttentionCall) -> slice:
+        """The declared rows whose queries are recorded: ``composite`` (paper) or ``reference`` (release)."""
+        if self.queries_from_composite and "composite" not in (call.rows or ()):
+            names = list(call.rows.names) if call.rows is not None else None
+            raise ValueError(f"the correlation pass expects a [composite, reference] batch; it declares {names}")
+        return declared_rows("composite" if self.queries_from_composite else "reference")(call)
+
     def context(self, call: AttentionCall, encoder_hidden_states: torch.Tensor) -> ContextSets:
-        """Keys and values from the subject cells only, so the logits are (N x M), as in the release."""
-        if self.queries_from_composite and call.batch_size != 2:
-            raise ValueError(f"the correlation pass expects a [composite, reference] batch; got {call.batch_size} rows")
-        source = encoder_hidden_states[1:2] if self.queries_from_composite else encoder_hidden_states
+        """Keys and values from the subject cells of the declared ``reference`` row only, so the logits are
+        (N x M), as in the release."""
+        self._query_rows(call)  # checks the declared layout before any slicing
+        source = encoder_hidden_states[declared_rows("reference")(call)]  # (1, N, C)
         cells = correlation_cells(self.layout_at(call.grid)).to(source.device)
         subject = source[:, cells]  # (rows, N, C) -> (rows, M, C)
         return ContextSets.single(subject.expand(call.batch_size, -1, -1))
@@ -91,7 +98,7 @@ class CorrelationRecorder(AttentionControl):
 
     def edit_logits(self, call: AttentionCall, logits: torch.Tensor) -> torch.Tensor:
         if self.layout_at(call.grid).num_subject_cells:
-            self.maps.logits[call.layer.name] = logits[0].clone()  # (heads, N, M)
+            self.maps.logits[call.layer.name] = logits[self._query_rows(call)][0].clone()  # (heads, N, M)
         else:
             self.maps.logits.pop(call.layer.name, None)
         return logits
@@ -103,7 +110,7 @@ class SubjectInjection(AttentionControl):
     Off until the pipeline sets ``active``; a layer whose grid has no subject cell is left stock.
     """
 
-    def __init__(self, layout_at: LayoutAt, maps: CorrelationMaps, rows: RowSelector = conditional_half) -> None:
+    def __init__(self, layout_at: LayoutAt, maps: CorrelationMaps, rows: RowSelector = conditional_rows) -> None:
         self.layout_at = layout_at
         self.maps = maps
         self.rows = rows

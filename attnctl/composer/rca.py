@@ -25,9 +25,22 @@ def all_rows(call: AttentionCall) -> slice:
     return slice(None)
 
 
-def conditional_half(call: AttentionCall) -> slice:
-    """The second half of a ``[uncond, cond]`` guidance batch, as diffusers' SD pipelines lay it out."""
-    return slice(call.batch_size // 2, None)
+def declared_rows(part: str) -> RowSelector:
+    """The rows each pass declares as ``part`` (``call.rows[part]``, :mod:`attnctl.core.rows`), never a guess
+    from the batch size: a pass that declares no layout, or not ``part``, is an error."""
+
+    def select(call: AttentionCall) -> slice:
+        if call.rows is None:
+            raise ValueError(f"layer {call.layer.name}: the pass declares no batch rows, so the {part!r} rows are "
+                             "unknown; declare them with controller.declared(branch, rows)")
+        return call.rows[part]
+
+    return select
+
+
+#: The conditional rows of a pass: the ``cond`` part of a ``[uncond, cond]`` guidance batch, or the whole batch
+#: where the pass declares only ``cond`` (guidance off).
+conditional_rows = declared_rows("cond")
 
 
 def call_device(call: AttentionCall) -> torch.device:
@@ -63,7 +76,7 @@ class RegionConstrainedCrossAttention(AttentionControl):
 
     Args:
         regions: the token sets and their regions.
-        rows: which batch rows are constrained (e.g. :func:`conditional_half`; the unconditional rows stay stock).
+        rows: which batch rows are constrained (e.g. :data:`conditional_rows`; the unconditional rows stay stock).
         branch: act only while ``controller.branch`` equals this (``None``: always).
         first_token: the first position a region may name: 1 where position 0 is CLIP's start token, 0 for T5.
     """

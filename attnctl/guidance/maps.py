@@ -5,6 +5,11 @@ on) it asks for the probabilities of the cross-attention layers at one resolutio
 stays on the fused kernel, and it keeps them in the autograd graph. Its :meth:`GradientMaps.maps` is the mean
 over all heads of all recorded layers with equal weight per head (Chefer et al. 2023, Sec. 3.1;
 ``AE/utils/ptp_utils.py:218-234``), shaped (rows, tokens, height, width).
+
+A diffusion transformer (PixArt-Sigma) has one token grid and no UNet resolutions to choose among:
+:class:`PooledGradientMaps` reads every cross-attention layer and average-pools the mean map to the grid the
+paper's rule gives for the latent (:func:`default_resolution`: 16x16 at 512 px, 32x32 at 1024 px), so one map
+cell covers the same 32x32 pixels as A&E's 16x16 maps on SD at 512 px.
 """
 
 from __future__ import annotations
@@ -126,16 +131,50 @@ class GradientMaps(AttentionControl):
         return probs.transpose(1, 2).reshape(probs.shape[0], probs.shape[2], *self._grid)
 
 
-def token_softmax(maps: torch.Tensor, first: int = 1, temperature: float = 100.0) -> torch.Tensor:
-    """Renormalise each pixel over the text tokens ``first .. -1`` (Chefer et al. 2023, Eq. 1-2).
+class PooledGradientMaps(GradientMaps):
+    """:class:`GradientMaps` for a transformer with one token grid: every cross-attention layer is read and the
+    mean map is average-pooled to ``resolution`` (``None``: :func:`default_resolution` of the latent, at most
+    the token grid). Nothing to stop early for: the last block holds a read layer."""
 
-    maps (rows, tokens, h, w) -> (rows, tokens, h, w) where columns ``< first`` and the last column are zero
-    and the rest are ``softmax(temperature * maps[:, first:-1])`` over the token axis. ``first=1`` drops the
-    start token, whose probability dwarfs the others; the release also drops the last column
-    (``AE/pipeline_attend_and_excite.py:199-207``). Token indices keep their meaning (no column shift).
+    def __init__(self, resolution: tuple[int, int] | None = None) -> None:
+        super().__init__(resolution, stop_early=False)
+        self._latent_hw: tuple[int, int] | None = None
+
+    def applies_to(self, call: AttentionCall) -> bool:
+        if not (self.recording and call.is_cross and call.grid is not None):
+            return False
+        self._latent_hw = call.run.sample_hw or tuple(call.grid)
+        return True
+
+    def retarget(self) -> bool:
+        return False
+
+    def maps(self) -> torch.Tensor:
+        """(rows, text_tokens, height, width): the layers' mean map, average-pooled to the target grid."""
+        if not self._probs:
+            raise ValueError("no cross-attention layer ran in the guidance forward; is the control installed?")
+        maps = super().maps()  # (rows, text_tokens, grid_h, grid_w)
+        grid = tuple(maps.shape[-2:])
+        if self.resolution is None:
+            target = tuple(min(d, g) for d, g in zip(default_resolution(self._latent_hw), grid))
+        elif any(r > g for r, g in zip(self.resolution, grid)):
+            raise ValueError(f"attn_res={self.resolution} is finer than this model's token grid {grid}; "
+                             "pass at most the token grid")
+        else:
+            target = self.resolution
+        return F.adaptive_avg_pool2d(maps, target)
+
+
+def token_softmax(maps: torch.Tensor, first: int = 1, temperature: float = 100.0, end: int = -1) -> torch.Tensor:
+    """Renormalise each pixel over the text tokens ``first .. end`` (exclusive; Chefer et al. 2023, Eq. 1-2).
+
+    maps (rows, tokens, h, w) -> (rows, tokens, h, w) where columns outside ``first:end`` are zero and the
+    rest are ``softmax(temperature * maps[:, first:end])`` over the token axis. The defaults are the release's
+    for CLIP: ``first=1`` drops the start token, whose probability dwarfs the others, and ``end=-1`` the last
+    column (``AE/pipeline_attend_and_excite.py:199-207``). Token indices keep their meaning (no column shift).
     """
     out = torch.zeros_like(maps)
-    out[:, first:-1] = (maps[:, first:-1] * temperature).softmax(dim=1)
+    out[:, first:end] = (maps[:, first:end] * temperature).softmax(dim=1)
     return out
 
 

@@ -7,9 +7,13 @@ diffusers already offers:
   noise), guided at the first timestep and handed to the parent as ``latents``;
 * step i+1: ``callback_on_step_end`` of step i receives the latents the scheduler produced and returns them
   guided at the next timestep (after the user's own callback, which still sees the tensors it asked for).
+  PixArt-Sigma has only the legacy ``callback(step, timestep, latents)``, whose return value is ignored: there
+  the guided latents are written into the loop's tensor in place (``callback_steps=1`` for the parent; the
+  user's ``callback`` still runs every ``callback_steps`` steps, before the update).
 
-The guidance forwards need the conditional text states (and SDXL's pooled embeddings and time ids); they
-are encoded here once more with the pipeline's ``encode_prompt``, the same computation the parent makes.
+The guidance forwards need the conditional text states (and SDXL's pooled embeddings and time ids, PixArt's
+padding mask); they are encoded here once more with the pipeline's ``encode_prompt``, the same computation
+the parent makes.
 The method pipeline installs the maps control for the whole call, which restores the processors when
 anything raises (:mod:`attnctl.pipelines.guided`).
 """
@@ -32,8 +36,39 @@ def _is_xl(pipe: Any) -> bool:
     return hasattr(pipe, "text_encoder_2")
 
 
+def _is_transformer(pipe: Any) -> bool:
+    """PixArt-Sigma: a transformer denoiser and the legacy step callback."""
+    return getattr(pipe, "unet", None) is None and hasattr(pipe, "transformer")
+
+
+def _pixart_conditioning(pipe: Any, args: Mapping[str, Any]) -> dict[str, Any]:
+    """PixArt-Sigma's conditional forward arguments: T5 states, their padding mask, no micro-conditions."""
+    embeds, mask, _, _ = pipe.encode_prompt(
+        args.get("prompt"), False, num_images_per_prompt=args.get("num_images_per_prompt") or 1,
+        device=pipe._execution_device, prompt_embeds=args.get("prompt_embeds"),
+        prompt_attention_mask=args.get("prompt_attention_mask"), clean_caption=args.get("clean_caption", False),
+        max_sequence_length=args.get("max_sequence_length", 300),
+    )
+    return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask,
+            "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
+
+def _transformer_forward(transformer: torch.nn.Module) -> Callable:
+    """``forward(sample, timestep, **conditioning)`` as the UNet takes it, for PixArt's transformer (whose
+    second positional argument is the text states and whose timestep has one entry per row)."""
+
+    def forward(sample: torch.Tensor, timestep: torch.Tensor, **kwargs: Any) -> Any:
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
+        return transformer(sample, timestep=timestep, return_dict=False, **kwargs)
+
+    return forward
+
+
 def conditioning(pipe: Any, args: Mapping[str, Any], rows: int) -> dict[str, Any]:
-    """Keyword arguments of a conditional-only denoiser forward for the call ``args`` (SD 1.x/2.x, SDXL)."""
+    """Keyword arguments of a conditional-only denoiser forward for the call ``args`` (SD 1.x/2.x, SDXL,
+    PixArt-Sigma)."""
+    if _is_transformer(pipe):
+        return _pixart_conditioning(pipe, args)
     device = pipe._execution_device
     images = args.get("num_images_per_prompt") or 1
     lora_scale = (args.get("cross_attention_kwargs") or {}).get("scale")
@@ -65,8 +100,28 @@ def conditioning(pipe: Any, args: Mapping[str, Any], rows: int) -> dict[str, Any
 
 
 def _size(pipe: Any, args: Mapping[str, Any]) -> tuple[int, int]:
+    """(height, width) in pixels of the latents the parent draws (PixArt: after its resolution binning)."""
+    if _is_transformer(pipe):
+        default = pipe.transformer.config.sample_size * pipe.vae_scale_factor
+        height, width = args.get("height") or default, args.get("width") or default
+        if args.get("use_resolution_binning"):
+            height, width = pipe.image_processor.classify_height_width_bin(height, width, ratios=_bins(pipe))
+        return height, width
     default = getattr(pipe, "default_sample_size", pipe.unet.config.sample_size) * pipe.vae_scale_factor
     return args.get("height") or default, args.get("width") or default
+
+
+def _bins(pipe: Any) -> dict:
+    """PixArt-Sigma's aspect-ratio bins for its transformer's sample size (as its ``__call__`` picks them)."""
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as sigma
+
+    bins = {256: "ASPECT_RATIO_2048_BIN", 128: "ASPECT_RATIO_1024_BIN", 64: "ASPECT_RATIO_512_BIN",
+            32: "ASPECT_RATIO_256_BIN"}
+    size = pipe.transformer.config.sample_size
+    if size not in bins:
+        raise ValueError(f"use_resolution_binning=True: PixArt-Sigma has no aspect-ratio bins for a transformer "
+                         f"of sample_size {size}; pass use_resolution_binning=False")
+    return getattr(sigma, bins[size])
 
 
 def _chain_callback(user: Any, guide: LatentGuide, timesteps: torch.Tensor) -> Callable:
@@ -80,6 +135,38 @@ def _chain_callback(user: Any, guide: LatentGuide, timesteps: torch.Tensor) -> C
         return kwargs
 
     return callback
+
+
+def _legacy_callback(user: Any, every: int, guide: LatentGuide, timesteps: torch.Tensor) -> Callable:
+    """PixArt's ``callback(step, timestep, latents)``: the user's callback every ``every`` steps, then the latents
+    guided for the next step, written in place (the parent ignores what a legacy callback returns)."""
+
+    def callback(index: int, timestep: Any, latents: torch.Tensor) -> None:
+        if user is not None and index % every == 0:
+            user(index, timestep, latents)
+        if index + 1 < len(timesteps):
+            latents.copy_(guide(latents, index + 1, timesteps[index + 1]))
+
+    return callback
+
+
+def _step_arguments(pipe: Any, call: Mapping[str, Any], guide: LatentGuide, timesteps: torch.Tensor) -> dict:
+    """The parent arguments that guide every step after the first."""
+    if _is_transformer(pipe):
+        if pipe.scheduler.order != 1:
+            raise ValueError(f"scheduler={type(pipe.scheduler).__name__} takes {pipe.scheduler.order} model calls "
+                             "per step; PixArt's step callback then skips loop indices: use a first-order "
+                             "scheduler (DPMSolverMultistepScheduler, DDIMScheduler, EulerDiscreteScheduler)")
+        every = call.get("callback_steps", 1)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"callback_steps={every!r} must be a positive integer")
+        return {"callback": _legacy_callback(call.get("callback"), every, guide, timesteps), "callback_steps": 1}
+    user = call.get("callback_on_step_end")
+    return {
+        "callback_on_step_end": _chain_callback(user, guide, timesteps),
+        "callback_on_step_end_tensor_inputs": _tensor_inputs(
+            user, call.get("callback_on_step_end_tensor_inputs") or ["latents"]),
+    }
 
 
 def _tensor_inputs(user: Any, requested: Sequence[str]) -> list[str]:
@@ -110,16 +197,12 @@ def guidance_arguments(
     cond = conditioning(pipe, call, rows)
     timesteps, _ = retrieve_timesteps(pipe.scheduler, call.get("num_inference_steps") or 50, device,
                                       call.get("timesteps"), call.get("sigmas"))
-    latents = pipe.prepare_latents(rows, pipe.unet.config.in_channels, height, width,
-                                   cond["encoder_hidden_states"].dtype, device, call.get("generator"),
-                                   call.get("latents"))
-    guide = LatentGuide(pipe.unet, pipe.scheduler, maps, loss, schedule, cond)
+    denoiser = _transformer_forward(pipe.transformer) if _is_transformer(pipe) else pipe.unet
+    channels = (pipe.transformer if _is_transformer(pipe) else pipe.unet).config.in_channels
+    latents = pipe.prepare_latents(rows, channels, height, width, cond["encoder_hidden_states"].dtype, device,
+                                   call.get("generator"), call.get("latents"))
+    guide = LatentGuide(denoiser, pipe.scheduler, maps, loss, schedule, cond)
+    steps = _step_arguments(pipe, call, guide, timesteps)
     with install():
         guided = guide(latents, 0, timesteps[0])
-    user = call.get("callback_on_step_end")
-    return guide, {
-        "latents": guided / pipe.scheduler.init_noise_sigma,  # the parent multiplies it back
-        "callback_on_step_end": _chain_callback(user, guide, timesteps),
-        "callback_on_step_end_tensor_inputs": _tensor_inputs(
-            user, call.get("callback_on_step_end_tensor_inputs") or ["latents"]),
-    }
+    return guide, {"latents": guided / pipe.scheduler.init_noise_sigma, **steps}  # the parent multiplies it back

@@ -88,8 +88,7 @@ FAMILIES: dict[str, Family] = {
                ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
                 "StableDiffusionXLInpaintPipeline"),
                "StableDiffusionXLPipeline", "unet", ("UNet2DConditionModel",), "cross",
-               _T2I, {"compose": "not implemented yet: the sampler lacks SDXL's added_cond_kwargs "
-                                 "(docs/composer.md)", "freeswim": _VIDEO_ONLY}),
+               _T2I | {"compose"}, {"freeswim": _VIDEO_ONLY}),
         Family("sd3", "Stable Diffusion 3/3.5",
                ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
                "StableDiffusion3Pipeline", "transformer", ("SD3Transformer2DModel",), "joint",

@@ -141,3 +141,16 @@ def test_a_16_bit_mask_upload_is_scaled_not_clipped(client, tiny_sd_path, files,
         for name in ("mask16.png", "mask8.png")
     ]
     assert np.array_equal(_pixels(results[0]), _pixels(results[1]))
+
+
+@pytest.mark.parametrize("widget", ["Background", "Subject", "Subject mask (optional upload)"])
+def test_an_upload_that_is_not_an_image_is_a_message_naming_its_widget(client, tiny_sd_path, files, tmp_path, widget):
+    text = tmp_path / "notes.png"
+    text.write_text("a text file renamed .png")
+    background = _editor(text if widget == "Background" else files["background"], files["target-paint"])
+    subject = _editor(text if widget == "Subject" else files["subject"], files["subject-paint"])
+    mask = handle_file(str(text)) if widget.startswith("Subject mask") else None
+    with pytest.raises(AppError) as caught:
+        _compose(client, str(tiny_sd_path), background, subject, mask)
+    assert f"{widget}: " in str(caught.value) and "could not be read as an image" in str(caught.value)
+    assert "upstream Gradio app" not in str(caught.value)

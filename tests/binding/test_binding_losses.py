@@ -12,8 +12,9 @@ from attnctl.binding import AttendExciteLoss, ModifierIndices, SynGenLoss, spati
 from attnctl.guidance import GuidanceSchedule, gaussian_kernel
 
 
-def _literal_excite(maps_row: torch.Tensor, subjects) -> float:
-    """Eq. 4 of Chefer et al. by loops: softmax(100 A[1:-1]) per pixel, reflect pad, 3x3 kernel, max, 1 - min."""
+def _literal_excite(maps_row: torch.Tensor, subjects, first: int = 1, end: int = -1) -> float:
+    """Eq. 4 of Chefer et al. by loops: softmax(100 A[first:end]) per pixel (the release: [1:-1]), reflect pad,
+    3x3 kernel, max, 1 - min."""
     tokens, height, width = maps_row.shape
     kernel = gaussian_kernel(3, 0.5)
     peaks = []
@@ -21,9 +22,9 @@ def _literal_excite(maps_row: torch.Tensor, subjects) -> float:
         subject_map = torch.zeros(height, width)
         for y in range(height):
             for x in range(width):
-                column = maps_row[1:-1, y, x] * 100
+                column = maps_row[first:end, y, x] * 100
                 weights = torch.exp(column - column.max()) / torch.exp(column - column.max()).sum()
-                subject_map[y, x] = sum(weights[i - 1] for i in subject)
+                subject_map[y, x] = sum(weights[i - first] for i in subject)
         padded = torch.nn.functional.pad(subject_map[None, None], (1, 1, 1, 1), mode="reflect")[0, 0]
         smoothed = [[(padded[y : y + 3, x : x + 3] * kernel).sum() for x in range(width)] for y in range(height)]
         peaks.append(max(max(row) for row in smoothed).item())
@@ -37,6 +38,19 @@ def test_attend_excite_loss_matches_the_literal_equation():
     losses = AttendExciteLoss(subjects)(maps)
     for row in range(2):
         assert losses[row].item() == pytest.approx(_literal_excite(maps[row], subjects[row]), rel=1e-5)
+
+
+def test_attend_excite_loss_over_t5_keys_matches_the_literal_equation():
+    """T5 (PixArt): no start token, masked padding: each row renormalises over its own [0, prompt + </s>) keys."""
+    torch.manual_seed(4)
+    maps = torch.rand(2, 9, 4, 5) / 50
+    maps[:, 6:] = 0  # padding keys behind row 1's </s> hold no attention
+    subjects, keys = [[(0,), (4,)], [(2, 3)]], [(0, 8), (0, 6)]
+    losses = AttendExciteLoss(subjects, keys=keys)(maps)
+    for row in range(2):
+        literal = _literal_excite(maps[row], subjects[row], *keys[row])
+        assert losses[row].item() == pytest.approx(literal, rel=1e-5)
+    assert losses[1].item() != pytest.approx(AttendExciteLoss(subjects)(maps)[1].item(), rel=1e-3)
 
 
 def test_attend_excite_loss_is_one_minus_the_weakest_peak_and_zero_without_subjects():
@@ -64,6 +78,17 @@ def test_symmetric_kl_properties():
     pa, pb = (a / a.sum()).flatten(), (b / b.sum()).flatten()
     kl = lambda x, y: sum(float(x[i] * math.log(x[i] / y[i])) for i in range(9))  # noqa: E731
     assert d.item() == pytest.approx(0.5 * (kl(pa, pb) + kl(pb, pa)), rel=1e-5)
+
+
+def test_a_map_without_attention_keeps_the_gradient_finite():
+    """T5's masked padding keys have all-zero maps: no 0/0 whose NaN would reach the other maps' gradients."""
+    maps = torch.rand(4, 3, 3).requires_grad_(True)
+    with torch.no_grad():
+        maps[3] = 0
+    probs, _ = spatial_distributions(maps)
+    assert torch.equal(probs[3], torch.zeros(9))
+    loss = SynGenLoss([[ModifierIndices((1,), ((0,),), (2,))]])(maps[None])
+    assert torch.isfinite(torch.autograd.grad(loss.sum(), maps)[0]).all()
 
 
 def _dist(maps, i, j):

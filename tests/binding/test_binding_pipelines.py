@@ -1,4 +1,5 @@
-"""AttendAndExcitePipeline and SynGenPipeline on the tiny SD model: off equals stock, arguments, exceptions."""
+"""AttendAndExcitePipeline and SynGenPipeline on the tiny SD model: off equals stock, arguments, exceptions.
+The "off" checks run on the tiny PixArt-Sigma too (its own method tests: test_binding_pixart.py)."""
 
 from __future__ import annotations
 
@@ -6,28 +7,25 @@ import inspect
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 
-from attnctl import AttendAndExcitePipeline, SynGenPipeline
+from attnctl import AttendAndExcitePipeline
+from attnctl.models.tiny_families import tiny_call_arguments
 from attnctl.structured import load_english_pipeline
 
 needs_spacy = pytest.mark.skipif(load_english_pipeline() is None, reason="no English spaCy pipeline installed")
 PROMPT = "a red circle and a blue square"
 CALL = dict(num_inference_steps=2, output_type="pt", height=64, width=64)
+# per family: the call's own arguments and the keys of "circle" and "square" (CLIP: after the start token)
+FAMILY_CALLS = {"sd": (CALL, [3, 7]), "pixart": ({**tiny_call_arguments("pixart"), "output_type": "pt"}, [2, 6])}
 
 
 @pytest.fixture(scope="module")
-def pipes(tiny_sd_path):
-    stock = StableDiffusionPipeline.from_pretrained(tiny_sd_path)
-    ae = AttendAndExcitePipeline(**stock.components)
-    syngen = SynGenPipeline(**stock.components)
-    for pipe in (stock, ae, syngen):
-        pipe.set_progress_bar_config(disable=True)
-    return stock, ae, syngen
+def pipes(sd_pipes):
+    return sd_pipes
 
 
-def _run(pipe, **kwargs):
-    return pipe(PROMPT, generator=torch.Generator().manual_seed(0), **CALL, **kwargs).images
+def _run(pipe, call=CALL, **kwargs):
+    return pipe(PROMPT, **{**call, "generator": torch.Generator().manual_seed(0), **kwargs}).images
 
 
 @pytest.fixture(scope="module")
@@ -35,31 +33,43 @@ def stock_images(pipes):
     return _run(pipes[0])
 
 
+@pytest.fixture(scope="module", params=list(FAMILY_CALLS))
+def family(request):
+    """(pipes, call, subject keys, stock images) of one family."""
+    pipes = request.getfixturevalue(f"{request.param}_pipes")
+    call, nouns = FAMILY_CALLS[request.param]
+    return pipes, call, nouns, _run(pipes[0], call)
+
+
 @pytest.mark.parametrize(
-    "kwargs",
+    "off",
     [
-        dict(token_indices=[3, 7], max_iter_to_alter=0, thresholds={}),
-        dict(token_indices=[3, 7], scale_factor=0),
-        dict(token_indices=[]),
+        lambda nouns: dict(token_indices=nouns, max_iter_to_alter=0, thresholds={}),
+        lambda nouns: dict(token_indices=nouns, scale_factor=0),
+        lambda nouns: dict(token_indices=[]),
     ],
+    ids=["no-steps", "zero-step-size", "no-subjects"],
 )
-def test_attend_excite_off_equals_stock(pipes, stock_images, kwargs):
-    assert torch.equal(_run(pipes[1], **kwargs), stock_images)
+def test_attend_excite_off_equals_stock(family, off):
+    pipes, call, nouns, stock = family
+    assert torch.equal(_run(pipes[1], call, **off(nouns)), stock)
 
 
 @needs_spacy
 @pytest.mark.parametrize("kwargs", [dict(syngen_step_size=0), dict(num_intervention_steps=0)])
-def test_syngen_off_equals_stock(pipes, stock_images, kwargs):
-    assert torch.equal(_run(pipes[2], **kwargs), stock_images)
+def test_syngen_off_equals_stock(family, kwargs):
+    pipes, call, _, stock = family
+    assert torch.equal(_run(pipes[2], call, **kwargs), stock)
 
 
-def test_guided_path_with_no_update_equals_stock(pipes, stock_images):
-    """The whole machinery runs (own latents, extra encoding, guidance forward, callback) but never moves z:
-    a threshold no subject can miss (level 0) and no regular update."""
-    out = pipes[1](PROMPT, token_indices=[3, 7], max_iter_to_alter=0, thresholds={0: 0.0},
-                   generator=torch.Generator().manual_seed(0), **CALL)
+def test_guided_path_with_no_update_equals_stock(family):
+    """The whole machinery runs (own latents, extra encoding, guidance forward, the step callback: PixArt's
+    legacy one writes in place) but never moves z: a threshold no subject can miss (level 0), no regular update."""
+    pipes, call, nouns, stock = family
+    out = pipes[1](PROMPT, **{**call, "generator": torch.Generator().manual_seed(0)}, token_indices=nouns,
+                   max_iter_to_alter=0, thresholds={0: 0.0})
     assert [h["index"] for h in out.guidance_log] == [0]
-    assert torch.equal(out.images, stock_images)
+    assert torch.equal(out.images, stock)
 
 
 def test_attend_excite_moves_the_image_deterministically(pipes, stock_images):

@@ -54,6 +54,10 @@ def test_token_softmax_renormalises_without_start_and_last_column():
     assert torch.allclose(out[:, 1:-1].sum(1), torch.ones(2, 3, 3))
     literal = torch.exp(100 * maps[0, 2, 1, 1]) / torch.exp(100 * maps[0, 1:5, 1, 1]).sum()
     assert out[0, 2, 1, 1].item() == pytest.approx(literal.item(), rel=1e-5)
+    t5 = token_softmax(maps, first=0, end=4)  # no start token; keys 4.. are masked padding
+    assert torch.equal(t5[:, 4:], torch.zeros(2, 2, 3, 3)) and torch.allclose(t5[:, :4].sum(1), torch.ones(2, 3, 3))
+    assert t5[0, 0, 1, 1].item() == pytest.approx(
+        (torch.exp(100 * maps[0, 0, 1, 1]) / torch.exp(100 * maps[0, :4, 1, 1]).sum()).item(), rel=1e-5)
 
 
 def test_decaying_step_sizes_as_the_release_computes_them():

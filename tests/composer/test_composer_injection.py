@@ -16,7 +16,14 @@ from attnctl.composer import (
     all_rows,
     inject_logits,
 )
-from attnctl.core import AttentionCall, AttentionController, ControlledAttnProcessor, LayerInfo, RunState
+from attnctl.core import (
+    AttentionCall,
+    AttentionController,
+    ControlledAttnProcessor,
+    LayerInfo,
+    RunState,
+    stacked,
+)
 from attnctl.models.tiny import build_tiny_sd_components
 
 
@@ -75,7 +82,8 @@ def _layout(reference_cells, target_cells, grid=(4, 4)):
 
 
 def _attention_call(batch, branch):
-    return AttentionCall(SELF, None, RunState(branch=branch), batch, 16, (4, 4))
+    rows = stacked("uncond", "cond") if batch == 2 else stacked("cond")
+    return AttentionCall(SELF, None, RunState(branch=branch, row_layout=rows), batch, 16, (4, 4))
 
 
 def test_generator_injection_changes_only_the_conditional_rows():
@@ -106,7 +114,8 @@ def _self_attention():
 def _record(attn, hidden, layout, from_composite):
     maps = CorrelationMaps()
     controller = AttentionController([CorrelationRecorder(lambda grid: layout, maps, from_composite)])
-    with controller.declared(branch=CORRELATION):
+    rows = stacked("composite", "reference") if hidden.shape[0] == 2 else stacked("reference")
+    with controller.declared(CORRELATION, rows):
         out = ControlledAttnProcessor(controller, SELF)(attn, hidden)
     return out, maps.logits[SELF.name]
 
@@ -148,7 +157,7 @@ def test_recorder_falls_back_to_the_reference_box_when_the_subject_misses_the_gr
                        torch.tensor([], dtype=torch.long))
     maps = CorrelationMaps({SELF.name: torch.zeros(1)})
     controller = AttentionController([CorrelationRecorder(lambda grid: empty, maps, False)])
-    with controller.declared(branch=CORRELATION):
+    with controller.declared(CORRELATION, stacked("reference")):
         out = ControlledAttnProcessor(controller, SELF)(attn, hidden)
     query, key, value = _project(attn, hidden)
     box = torch.tensor([5, 6, 9, 10])
@@ -202,11 +211,11 @@ def test_unet_correlation_then_injection_changes_only_the_conditional_half(unet)
     controller = AttentionController([CorrelationRecorder(layout_at, maps, False), injection])
     stock = unet(sample, 500, context).sample
     with controller.installed(unet):
-        with controller.declared(branch=CORRELATION):
+        with controller.declared(CORRELATION, stacked("reference")):
             unet(sample[1:], 500, context[1:])
         assert set(maps.logits) == {name for name in unet.attn_processors if ".attn1." in name}
         injection.active = True
-        with controller.declared(branch=GENERATOR):
+        with controller.declared(GENERATOR, stacked("uncond", "cond")):
             injected = unet(sample, 500, context).sample
     torch.testing.assert_close(injected[0], stock[0], rtol=1e-4, atol=1e-5)  # explicit softmax vs SDPA only
     assert (injected[1] - stock[1]).abs().max() > 1e-3

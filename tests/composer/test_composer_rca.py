@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from attnctl.composer import RegionConstrainedCrossAttention, TokenRegion, conditional_half, rca_keep_mask
-from attnctl.core import AttentionCall, AttentionController, LayerInfo, RunState, attend
+from attnctl.composer import RegionConstrainedCrossAttention, TokenRegion, conditional_rows, rca_keep_mask
+from attnctl.core import AttentionCall, AttentionController, LayerInfo, RunState, attend, guidance_rows
 from attnctl.models.tiny import build_tiny_sd_components
 
 CROSS = LayerInfo("down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor", True, "down", 0, 1)
@@ -16,7 +16,8 @@ INSIDE = torch.tensor([[True, False], [False, False]])  # on a 2x2 grid: query 0
 
 
 def _call(batch: int, grid=(2, 2), branch=None) -> AttentionCall:
-    return AttentionCall(CROSS, None, RunState(branch=branch), batch, grid[0] * grid[1], grid)
+    rows = guidance_rows(1)  # one image: [uncond, cond] when the batch has two rows, [cond] otherwise
+    return AttentionCall(CROSS, None, RunState(branch=branch, row_layout=rows), batch, grid[0] * grid[1], grid)
 
 
 def _rca(tokens=(2,), region=INSIDE, **kwargs) -> RegionConstrainedCrossAttention:
@@ -55,7 +56,7 @@ def test_renormalisation_matches_the_closed_form_and_keeps_other_tokens_ratios()
 def test_only_the_conditional_rows_are_constrained():
     logits = torch.tensor([0.0, 0.5, 1.0, -0.5])
     stock = _probs([], logits, batch=2)
-    constrained = _probs([_rca(rows=conditional_half)], logits, batch=2)
+    constrained = _probs([_rca(rows=conditional_rows)], logits, batch=2)
     assert torch.equal(constrained[0], stock[0])  # unconditional row: the stock result
     assert constrained[1, 0, 1:, 2].eq(0).all()
 

@@ -1,9 +1,10 @@
-"""AttendAndExcitePipeline and SynGenPipeline keep the pipeline contract on SD and SDXL (method tests: tests/binding)."""
+"""AttendAndExcitePipeline and SynGenPipeline keep the pipeline contract on SD, SDXL and PixArt-Sigma (method tests:
+tests/binding)."""
 
 from __future__ import annotations
 
 import pytest
-from contract import OnSD, OnSDXL, StockContract, on_families
+from contract import OnPixArt, OnSD, OnSDXL, StockContract, on_families
 
 from attnctl import AttendAndExcitePipeline, SynGenPipeline
 from attnctl.structured import load_english_pipeline
@@ -28,6 +29,19 @@ class AttendExciteContract(StockContract):
 TestAttendExciteSD, TestAttendExciteSDXL = on_families(AttendExciteContract, OnSD, OnSDXL)
 
 
+class TestAttendExcitePixArt(OnPixArt, AttendExciteContract):
+    # T5 has no start token: "car" and "bench" are keys 2 and 6; 0 is a word, and the maps are pooled from the
+    # one token grid (8x12 here), so only a finer attn_res is refused
+    control_on = {**AttendExciteContract.control_on, "token_indices": [2, 6]}
+    control_off = {"token_indices": [2, 6], "scale_factor": 0}
+    bad_arguments = [
+        (dict(token_indices=[-1]), "token_indices"),
+        (dict(token_indices=[2, 99]), "token_indices"),
+        *AttendExciteContract.bad_arguments[1:4],
+        (dict(attn_res=(64, 64)), r"attn_res=\(64, 64\)"),
+    ]
+
+
 @needs_spacy
 class SynGenContract(StockContract):
     pipeline_class = SynGenPipeline
@@ -40,4 +54,4 @@ class SynGenContract(StockContract):
     ]
 
 
-TestSynGenSD, TestSynGenSDXL = on_families(SynGenContract, OnSD, OnSDXL)
+TestSynGenSD, TestSynGenSDXL, TestSynGenPixArt = on_families(SynGenContract, OnSD, OnSDXL, OnPixArt)
