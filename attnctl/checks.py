@@ -272,6 +272,21 @@ class Optional:
 
 
 @dataclass(frozen=True)
+class Pair:
+    """Two values of ``kind``, e.g. a window ``(rows, cols)`` in tokens; normalised to a tuple."""
+
+    kind: Any
+
+    def __call__(self, name: str, value: Any) -> tuple[Any, Any]:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise fail(name, value, f"two values (rows, cols), each {self.kind.describe()}")
+        return tuple(self.kind(f"{name}[{index}]", item) for index, item in enumerate(value))
+
+    def describe(self) -> str:
+        return f"[{self.kind.describe()}, {self.kind.describe()}]"
+
+
+@dataclass(frozen=True)
 class File:
     """The name of an input file (a path string; the job reader resolves and checks it)."""
 
@@ -576,11 +591,12 @@ ARGUMENT_KINDS: dict[str, Any] = {
     "scale_factor": Number(0.0, 1e6),
     "num_intervention_steps": Integer(0, MAX_STEPS),
     "syngen_step_size": Number(0.0, 1e6),
+    "window_size": Pair(Integer(1, MAX_SIDE)),  # tokens; how it fits the target grid: the FreeSwim pipeline
 }
 #: Arguments whose ``None`` means "the pipeline's default" (or "off").
 OPTIONAL_ARGUMENTS = frozenset({
     "native_num_inference_steps", "guidance_scale_2", "num_images_per_prompt", "num_videos_per_prompt",
-    "strength", "refine_flow_shift", "clip_skip", "seed", "rca", "target_box",
+    "strength", "refine_flow_shift", "clip_skip", "seed", "rca", "target_box", "window_size",
 })
 
 

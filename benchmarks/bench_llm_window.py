@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from attnctl.llm.sliding_window import sliding_window_attention, sliding_window_attention_reference
+from attnctl.llm.sliding_window import sliding_window_attention
 
 
 def best_time(repeats: int, function, *args, **kwargs) -> float:
@@ -65,10 +65,10 @@ def main() -> None:
         full = best_time(args.repeats, F.scaled_dot_product_attention, *qkv, is_causal=True)
         reference, difference = "-", "-"
         if length <= args.reference_max:
-            reference = f"{best_time(args.repeats, sliding_window_attention_reference, *qkv, *window):.1f}"
+            reference = f"{best_time(args.repeats, sliding_window_attention, *qkv, *window, reference=True):.1f}"
             fast = sliding_window_attention(*qkv, *window, block=args.block)
             difference = (
-                f"{(fast - sliding_window_attention_reference(*qkv, *window)).abs().max().item():.1e}"
+                f"{(fast - sliding_window_attention(*qkv, *window, reference=True)).abs().max().item():.1e}"
             )
         print(f"| {length} | {blocked:.1f} | {reference} | {full:.1f} | {difference} |", flush=True)
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from attnctl.core import AttentionController
 from attnctl.core.window_attention import flex_available, natten_gpu_available, window_attention
 from attnctl.core.window_flex import flex_compile_error
-from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls
+from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls, freeswim_pass
 from attnctl.freeswim.wan_processor import wan_processor_factory
 
 WAN_1_3B = dict(  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
@@ -179,7 +179,8 @@ def step_rows(model, grid, window, dtype, device, steps, intervals=(1, 2, 5)) ->
             state = FreeSwimState(FreeSwimConfig(window=window, native_tokens=math.prod(NATIVE_GRID),
                                                  cache_interval=interval, cache_device=cache_device))
             gc.collect()  # the previous state's cache sits in a reference cycle: free it before the peak is reset
-            with AttentionController(freeswim_controls(state)).installed(model, processor_factory=wan_processor_factory(model)):
+            controller = AttentionController(freeswim_controls(state))
+            with controller.installed(model, processor_factory=wan_processor_factory(model)):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                     torch.cuda.empty_cache()
@@ -188,8 +189,8 @@ def step_rows(model, grid, window, dtype, device, steps, intervals=(1, 2, 5)) ->
                 for step, t in enumerate(timesteps):
                     begin = time.perf_counter()
                     for branch in ("cond", "uncond"):
-                        rows_in = 2 if state.begin_pass(step, branch) == DUAL else 1
-                        with model.cache_context(branch):
+                        with freeswim_pass(model, controller, state, step, branch) as mode:
+                            rows_in = 2 if mode == DUAL else 1
                             model(latents.expand(rows_in, *latents.shape[1:]), t.expand(rows_in),
                                   text.expand(rows_in, *text.shape[1:]), return_dict=False)
                     if device.type == "cuda":

@@ -158,17 +158,15 @@ class AttendExciteMethod(GuidedMethodMixin):
         prompts = self.prompt_list(call)
         num_prompts = len(prompts) if prompts else call["prompt_embeds"].shape[0]
         subjects = self._subjects(call, prompts, num_prompts, token_indices)
-        images = call.get("num_images_per_prompt") or 1
-        rows = [s for s in subjects for _ in range(images)]
-        keys = [k for k in self.softmax_keys(call, prompts, num_prompts) for _ in range(images)]
+        keys = self.per_image(call, self.softmax_keys(call, prompts, num_prompts))
         schedule = GuidanceSchedule(
             decaying_step_sizes(self.loop_length(call), scale_factor), update_steps=max_iter_to_alter,
             targets={i: 1.0 - level for i, level in thresholds.items()},
         )
 
         finish = finish_as(AttendAndExcitePipelineOutput, token_indices=subjects)
-        active = any(rows) and not schedule.off
-        return self.guided_run(call, AttendExciteLoss(rows, keys=keys), schedule, attn_res, active, return_attention_maps, finish)
+        return self.binding_run(call, lambda rows: AttendExciteLoss(rows, keys=keys), subjects, schedule, attn_res,
+                                return_attention_maps, finish)
 
 
 class AttendAndExcitePipeline(AttendExciteMethod, StableDiffusionPipeline):

@@ -46,7 +46,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from attnctl.checks import check_call, pixel_multiple, video_frames
 from attnctl.core import AttentionController
-from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls
+from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls, freeswim_pass
 from attnctl.freeswim.wan_processor import TEXT_TOKENS, wan_processor_factory
 
 VideoInput = list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -164,63 +164,48 @@ class FreeSwimStages:
         native_height: int,
         native_width: int,
         window_size: tuple[int, int] | None,
-        strength: float,
-        refine_flow_shift: float | None,
         video: VideoInput | None,
         latents: torch.Tensor | None,
+        refine_flow_shift: float | None,
     ) -> None:
-        """Raise a ``ValueError`` naming the argument for every FreeSwim input the method cannot run with."""
+        """Raise a ``ValueError`` naming the arguments for every combination FreeSwim cannot run with.
+
+        Each argument's own limits (sizes a multiple of the pixels per token, ``strength`` in (0, 1], a positive
+        ``refine_flow_shift`` ...) are checked before, by :func:`~attnctl.checks.check_call`; this checks how
+        they fit together and with the loaded model.
+        """
         unit = self._pixels_per_token()
-        sizes = (("height", height), ("width", width), ("native_height", native_height), ("native_width", native_width))
-        for name, value in sizes:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name}={value!r} must be an integer number of pixels")
-            if value < unit or value % unit:
-                raise ValueError(
-                    f"{name}={value} must be a positive multiple of {unit} (VAE x{self.vae_scale_factor_spatial} "
-                    f"times the transformer's patch size); e.g. {max(unit, round(value / unit) * unit)}"
-                )
         for name, target, native in (("height", height, native_height), ("width", width, native_width)):
+            if target is None:
+                raise ValueError(f"{name}=None: FreeSwim needs a target size (its default is 1088 x 1920)")
             if target < native:
                 raise ValueError(
                     f"{name}={target} is smaller than native_{name}={native}: FreeSwim refines a native-size "
                     "video at a larger (or equal) target size; lower the native size or raise the target"
                 )
+        if native_height == native_width == unit:
+            raise ValueError(
+                f"native_height={native_height} and native_width={native_width} make a native grid of one "
+                f"{unit}-pixel token; FreeSwim's entropy scale needs at least 2 (raise either to {2 * unit})"
+            )
         temporal = self.vae_scale_factor_temporal
-        whole = isinstance(num_frames, int) and not isinstance(num_frames, bool)
-        if video is None and (not whole or num_frames < 1 or (num_frames - 1) % temporal):
-            nearest = max(1, (num_frames - 1) // temporal * temporal + 1) if whole else 81
+        if video is None and (num_frames - 1) % temporal:
+            nearest = max(1, (num_frames - 1) // temporal * temporal + 1)
             raise ValueError(f"num_frames={num_frames!r} must be {temporal}k+1 for Wan's VAE (e.g. {nearest} or 81)")
         if video is not None and latents is not None:
             raise ValueError("pass either video (upscale it) or latents (stage-1 noise), not both")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(f"strength={strength!r} must be in (0, 1] (the original uses 0.7)")
-        if window_size is not None and (
-            not isinstance(window_size, (tuple, list))
-            or len(window_size) != 2
-            or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in window_size)
-        ):
-            raise ValueError(f"window_size={window_size!r} must be two positive integers (rows, cols) in tokens")
         if window_size is not None and (window_size[0] > height // unit or window_size[1] > width // unit):
             raise ValueError(
                 f"window_size={tuple(window_size)} is larger than the target token grid "
                 f"({height // unit}, {width // unit}) of {height} x {width} pixels; pass a smaller window, or leave "
                 "window_size=None to derive it from the native size"
             )
-        if refine_flow_shift is not None:
-            if self._flow_shift_name() is None:
-                raise ValueError(
-                    f"refine_flow_shift={refine_flow_shift} needs a scheduler with a flow shift setting "
-                    f"(UniPCMultistepScheduler's flow_shift, FlowMatchEulerDiscreteScheduler's shift); this pipeline "
-                    f"has {type(self.scheduler).__name__}: pass refine_flow_shift=None to keep its schedule"
-                )
-            if isinstance(refine_flow_shift, bool) or not isinstance(refine_flow_shift, (int, float)) or not (
-                refine_flow_shift > 0
-            ):
-                raise ValueError(
-                    f"refine_flow_shift={refine_flow_shift!r} must be positive (the release uses "
-                    f"RELEASE_FLOW_SHIFT = {RELEASE_FLOW_SHIFT})"
-                )
+        if refine_flow_shift is not None and self._flow_shift_name() is None:
+            raise ValueError(
+                f"refine_flow_shift={refine_flow_shift} needs a scheduler with a flow shift setting "
+                f"(UniPCMultistepScheduler's flow_shift, FlowMatchEulerDiscreteScheduler's shift); this pipeline "
+                f"has {type(self.scheduler).__name__}: pass refine_flow_shift=None to keep its schedule"
+            )
 
     def _flow_shift_name(self) -> str | None:
         """The scheduler config entry that holds the flow shift, if it has one."""
@@ -316,11 +301,17 @@ class FreeSwimStages:
             :class:`FreeSwimPipelineOutput`, or ``(frames, native_frames)`` with ``return_dict=False``.
         """
         check_call(self, locals())  # every argument, before any model runs
+        # whole floats (64.0, as web forms send) pass the checks; diffusers' shapes need ints
+        height, width, native_height, native_width, num_frames, num_inference_steps, cache_interval = (
+            None if v is None else int(v)
+            for v in (height, width, native_height, native_width, num_frames, num_inference_steps, cache_interval)
+        )
+        native_num_inference_steps = native_num_inference_steps and int(native_num_inference_steps)
+        num_videos_per_prompt = num_videos_per_prompt and int(num_videos_per_prompt)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         self.check_freeswim_inputs(
-            height, width, num_frames, native_height, native_width, window_size, strength, refine_flow_shift,
-            video, latents,
+            height, width, num_frames, native_height, native_width, window_size, video, latents, refine_flow_shift
         )
         conditions = dict(conditions or {})
         self._check_variant_components()
@@ -496,10 +487,10 @@ class FreeSwimStages:
         if negative_prompt_embeds is not None:
             negative_prompt_embeds = negative_prompt_embeds.to(dtype)
 
+        controllers = {name: AttentionController(freeswim_controls(self._freeswim_states[name])) for name in models}
         with ExitStack() as stack:
             for name, model in models.items():
-                controller = AttentionController(freeswim_controls(self._freeswim_states[name]))
-                stack.enter_context(controller.installed(model, processor_factory=wan_processor_factory(model)))
+                stack.enter_context(controllers[name].installed(model, processor_factory=wan_processor_factory(model)))
             with self.progress_bar(total=len(timesteps)) as progress_bar:
                 for step, t in enumerate(timesteps):
                     if self.interrupt:
@@ -513,8 +504,8 @@ class FreeSwimStages:
                         passes["uncond"] = negative_prompt_embeds
                     predictions = {
                         branch: self._freeswim_pass(
-                            models[name], self._freeswim_states[name], step, branch, latents, t, embeds,
-                            attention_kwargs, inputs,
+                            models[name], controllers[name], self._freeswim_states[name], step, branch, latents, t,
+                            embeds, attention_kwargs, inputs,
                         )
                         for branch, embeds in passes.items()
                     }
@@ -543,6 +534,7 @@ class FreeSwimStages:
     def _freeswim_pass(
         self,
         model: torch.nn.Module,
+        controller: AttentionController,
         state: FreeSwimState,
         step: int,
         branch: str,
@@ -552,14 +544,15 @@ class FreeSwimStages:
         attention_kwargs: dict[str, Any] | None,
         inputs: RefineInputs,
     ) -> torch.Tensor:
-        """One transformer pass of ``branch``; dual passes stack window and full rows (same inputs)."""
+        """One transformer pass of ``branch``; a dual pass declares and stacks its window and full rows (same
+        inputs)."""
         rows = latents.shape[0]
         hidden, timestep = self._model_input(model, latents, t, inputs)
         batched = inputs.batched
-        if state.begin_pass(step, branch) == DUAL:
-            hidden, timestep, embeds = (torch.cat([x, x]) for x in (hidden, timestep, embeds))
-            batched = {name: torch.cat([x, x]) for name, x in batched.items()}
-        with model.cache_context(branch, step_index=step):
+        with freeswim_pass(model, controller, state, step, branch) as mode:
+            if mode == DUAL:
+                hidden, timestep, embeds = (torch.cat([x, x]) for x in (hidden, timestep, embeds))
+                batched = {name: torch.cat([x, x]) for name, x in batched.items()}
             prediction = model(
                 hidden_states=hidden.to(model.dtype),
                 timestep=timestep,
@@ -715,7 +708,16 @@ class FreeSwimVACEPipeline(FreeSwimStages, WanVACEPipeline):
     ) -> FreeSwimPipelineOutput | tuple:
         """``video`` (the control video), ``mask``, ``reference_images`` and ``conditioning_scale`` as
         ``WanVACEPipeline`` takes them; every other argument as :meth:`FreeSwimPipeline.__call__`. With
-        ``output_type="latent"`` the latents keep the reference frames in front, as the parent's do."""
+        ``output_type="latent"`` the latents keep the reference frames in front, as the parent's do. One video per
+        call, as the parent makes: a list of prompts or ``num_videos_per_prompt`` > 1 is a ``ValueError``."""
+        embeds = kwargs.get("prompt_embeds")
+        prompts = len(prompt) if isinstance(prompt, list) else 1 if embeds is None else embeds.shape[0]
+        per_prompt = kwargs.get("num_videos_per_prompt", 1)
+        if prompts != 1 or per_prompt != 1:
+            raise ValueError(
+                f"{prompts} prompts with num_videos_per_prompt={per_prompt!r}: WanVACEPipeline makes one video per "
+                "call (its control video, mask and references are one); pass one prompt and num_videos_per_prompt=1"
+            )
         conditions = dict(
             video=video, mask=mask, reference_images=reference_images, conditioning_scale=conditioning_scale
         )

@@ -123,3 +123,24 @@ class GuidedMethodMixin(ControlledPipelineMixin):
             return finish(output, heatmaps, history)
 
         return MethodRun(controls, done, arguments=arguments)
+
+    @staticmethod
+    def per_image(call: Mapping[str, Any], per_prompt_values: list) -> list:
+        """One entry per image row: each prompt's entry repeated ``num_images_per_prompt`` times."""
+        return [value for value in per_prompt_values for _ in range(call.get("num_images_per_prompt") or 1)]
+
+    def binding_run(
+        self,
+        call: Mapping[str, Any],
+        loss_class: Callable[[list], MapLoss],
+        per_prompt_rows: list,
+        schedule: GuidanceSchedule,
+        attn_res: tuple[int, int] | None,
+        return_attention_maps: bool,
+        finish: Finish,
+    ) -> MethodRun:
+        """The run of a binding method (Attend-and-Excite, SynGen): the loss gets one row per image, each prompt's
+        row repeated ``num_images_per_prompt`` times; guided while any row has targets and the schedule a step."""
+        rows = self.per_image(call, per_prompt_rows)
+        active = any(rows) and not schedule.off
+        return self.guided_run(call, loss_class(rows), schedule, attn_res, active, return_attention_maps, finish)

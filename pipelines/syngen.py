@@ -103,13 +103,11 @@ class SynGenMethod(GuidedMethodMixin):
         given = per_prompt(modifier_sets, len(prompts), "modifier_sets", lambda v: isinstance(v, ModifierSet))
         sets = given if given is not None else [self.parse_modifiers(p) for p in prompts]
         indices = [self.set_indices(s, self.prompt_length(p, call)) for s, p in zip(sets, prompts)]
-        rows = [i for i in indices for _ in range(call.get("num_images_per_prompt") or 1)]
         schedule = GuidanceSchedule((float(syngen_step_size),) * self.loop_length(call),
                                     update_steps=num_intervention_steps)
 
         finish = finish_as(SynGenPipelineOutput, modifier_sets=sets)
-        active = any(rows) and not schedule.off
-        return self.guided_run(call, SynGenLoss(rows), schedule, attn_res, active, return_attention_maps, finish)
+        return self.binding_run(call, SynGenLoss, indices, schedule, attn_res, return_attention_maps, finish)
 
 
 class SynGenPipeline(SynGenMethod, StableDiffusionPipeline):

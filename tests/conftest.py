@@ -43,11 +43,25 @@ def load_tiny_sd(tiny_sd_path):
 
 
 @pytest.fixture(scope="session")
-def tiny_wan_path(tmp_path_factory):
-    """A tiny *stock* ``WanPipeline`` written with ``save_pretrained``, like a Hub checkpoint."""
+def tiny_wan_folder(tmp_path_factory):
+    """``tiny_wan_folder(variant)``: a tiny *stock* Wan pipeline of that variant (``WAN_VARIANTS``: t2v, i2v-2.1,
+    i2v-2.2, ti2v-5b, vace) written with ``save_pretrained`` like a Hub checkpoint, once per session."""
     from attnctl.models.tiny_wan import save_tiny_wan_pipeline
 
-    return save_tiny_wan_pipeline(tmp_path_factory.mktemp("tiny-wan"))
+    folders = {}
+
+    def folder(variant: str = "t2v"):
+        if variant not in folders:
+            folders[variant] = save_tiny_wan_pipeline(tmp_path_factory.mktemp(f"tiny-wan-{variant}"), variant=variant)
+        return folders[variant]
+
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_path(tiny_wan_folder):
+    """A tiny *stock* ``WanPipeline`` (text-to-video) folder."""
+    return tiny_wan_folder("t2v")
 
 
 def _tiny_family_fixture(family: str, doc: str):

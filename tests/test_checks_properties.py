@@ -106,3 +106,37 @@ def test_freeswim_runs_every_value_it_accepts_to_finite_frames(pipelines, name, 
         assert f"{name}=" in str(err)
     else:
         assert np.isfinite(frames).all()
+
+
+class ModelCalled(Exception):
+    """Raised by a hook on every model of the pipeline: the arguments passed every check."""
+
+
+#: Native sizes around Wan's 16-pixel token: single-token grids, targets smaller than native, hostile values.
+NATIVE_SIDES = st.one_of(st.sampled_from([16, 32, 48, 64, 80]), st.integers(-32, 96), HOSTILE)
+
+
+@QUICK
+@given(native_height=NATIVE_SIDES, native_width=NATIVE_SIDES)
+@example(native_height=16, native_width=16)  # one native token: once a deep error naming neither
+@example(native_height=32.0, native_width=48)  # a whole float counts as a whole number
+def test_freeswim_native_sizes_pass_or_are_refused_by_name_before_any_model_runs(pipelines, native_height,
+                                                                                 native_width):
+    pipe = pipelines["FreeSwimPipeline"]
+    models = [pipe.text_encoder, pipe.transformer, pipe.vae]
+
+    def refuse(*args):
+        raise ModelCalled
+
+    hooks = [model.register_forward_pre_hook(refuse) for model in models]
+    try:
+        pipe(prompt="a cat", height=64, width=64, native_height=native_height, native_width=native_width,
+             num_frames=1, num_inference_steps=2, max_sequence_length=8)
+    except ValueError as err:
+        assert "native_height=" in str(err) or "native_width=" in str(err), (native_height, native_width, str(err))
+    except ModelCalled:  # accepted: every check passed and FreeSwim's settings were built from the sizes
+        assert all(not isinstance(side, bool) and side == int(side) and side % 16 == 0 and 16 <= side <= 64
+                   for side in (native_height, native_width)) and native_height * native_width > 16 * 16
+    finally:
+        for hook in hooks:
+            hook.remove()

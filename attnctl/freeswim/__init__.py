@@ -9,23 +9,31 @@ from .config import ENTROPY, FreeSwimConfig, entropy_scale, native_window
 from .controls import (
     CACHED,
     DUAL,
+    DUAL_ROWS,
     WINDOW,
+    WINDOW_ROWS,
     FreeSwimState,
     FullBranchCrossAttention,
     WindowSelfAttention,
     freeswim_controls,
+    freeswim_pass,
+    pass_rows,
 )
 
 __all__ = [
     "CACHED",
     "DUAL",
+    "DUAL_ROWS",
     "ENTROPY",
     "WINDOW",
+    "WINDOW_ROWS",
     "FreeSwimConfig",
     "FreeSwimState",
     "FullBranchCrossAttention",
     "WindowSelfAttention",
     "entropy_scale",
     "freeswim_controls",
+    "freeswim_pass",
     "native_window",
+    "pass_rows",
 ]

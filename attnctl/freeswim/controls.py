@@ -1,9 +1,10 @@
 """FreeSwim's run state and its two attention controls (window self-attention, full-branch cross-attention).
 
-Each transformer pass runs in one of three modes, chosen by :meth:`FreeSwimState.begin_pass` before the pass:
+Each transformer pass runs in one of three modes, chosen by :meth:`FreeSwimState.begin_pass` before the pass;
+the pipeline declares the rows of each pass on its controller (:func:`pass_rows`, :func:`freeswim_pass`) and the
+controls read them as ``call.rows["window"]`` and ``call.rows["full"]``:
 
-* ``"dual"``: the batch holds the window branch in rows ``[:B]`` and the full branch in rows ``[B:]`` (the same
-  latents). Self-attention is windowed on the window rows and full on the full rows (FreeSwim's dual path); the
+* ``"dual"``: the batch stacks the window branch and the full branch (the same latents), ``B`` rows each. Self-attention is windowed on the window rows and full on the full rows (FreeSwim's dual path); the
   text cross-attention is computed from the full rows only and given to both (the *override*); on a guided
   branch with caching on, each layer's cross-attention output is stored.
 * ``"cached"``: batch ``B``, window rows only; each cross-attention layer returns the output stored on the last
@@ -14,15 +15,28 @@ Each transformer pass runs in one of three modes, chosen by :meth:`FreeSwimState
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from ..core.controls import AttentionCall, AttentionControl, Kernel
+from ..core.rows import BatchRows, RowLayout, stacked
 from ..core.window_attention import window_attention
 from ..core.windows import covers_grid, resolve_window
 from .config import FreeSwimConfig
 
 DUAL, CACHED, WINDOW = "dual", "cached", "window"
+DUAL_PARTS = ("window", "full")  # a dual pass: the window branch, then the full branch, B rows each
+DUAL_ROWS = stacked(*DUAL_PARTS)
+WINDOW_ROWS = stacked("window")  # cached and window passes: every row is a window row
+
+
+def pass_rows(mode: str) -> RowLayout:
+    """The row layout of a pass in ``mode``, for ``controller.declared(rows=...)``."""
+    return DUAL_ROWS if mode == DUAL else WINDOW_ROWS
 
 
 class FreeSwimState:
@@ -98,12 +112,26 @@ class FreeSwimState:
             )
 
 
-def _half(call: AttentionCall) -> int:
-    if call.batch_size % 2:
-        raise ValueError(
-            f"a dual FreeSwim pass needs window rows and full rows stacked (even batch); got {call.batch_size}"
+def dual_rows(call: AttentionCall) -> BatchRows:
+    """The declared window and full rows of a dual pass; a ``RuntimeError`` if the pass declared none."""
+    rows = call.rows
+    if rows is None or rows.names != DUAL_PARTS:
+        raise RuntimeError(
+            f"a dual FreeSwim pass must declare its rows ('window', 'full'); layer {call.layer.name} sees "
+            f"{None if rows is None else rows.names}: run the pass inside freeswim_pass(...), or "
+            "controller.declared(rows=pass_rows(mode))"
         )
-    return call.batch_size // 2
+    return rows
+
+
+@contextmanager
+def freeswim_pass(model: Any, controller: Any, state: FreeSwimState, step: int, branch: str) -> Iterator[str]:
+    """Run the ``with`` body as one FreeSwim pass of ``branch`` at ``step``: plan its mode, declare its rows on
+    ``controller`` and enter ``model``'s cache context of ``branch``. Yields the mode; a dual pass stacks the
+    window rows and then the full rows (the same inputs)."""
+    mode = state.begin_pass(step, branch)
+    with controller.declared(rows=pass_rows(mode)), model.cache_context(branch, step_index=step):
+        yield mode
 
 
 class WindowSelfAttention(AttentionControl):
@@ -126,21 +154,24 @@ class WindowSelfAttention(AttentionControl):
             return None  # stock attention, bit for bit
         if dual:
             state.check_branch(call)
-        half = _half(call) if dual else call.batch_size
+            rows = dual_rows(call)
+            windows, fulls = rows["window"], rows["full"]
+        else:
+            windows = slice(None)  # every row is a window row
 
         def attend_windows(query, key, value, attn_mask):
             if attn_mask is not None:
                 raise ValueError(f"layer {call.layer.name}: FreeSwim's window kernel takes no attention mask")
             scale = config.softmax_scale(query.shape[-1])
             windowed = window_attention(
-                query[:half], key[:half], value[:half], call.grid, window,
+                query[windows], key[windows], value[windows], call.grid, window,
                 scale=scale, backend=config.backend, tile=config.tile,
             )
             if not dual:
                 return windowed
             state.full_branch_runs.append((state.step, call.branch, call.layer.name))
-            full = F.scaled_dot_product_attention(query[half:], key[half:], value[half:], scale=scale)
-            return torch.cat([windowed, full])
+            full = F.scaled_dot_product_attention(query[fulls], key[fulls], value[fulls], scale=scale)
+            return torch.cat([windowed, full])  # batch order of DUAL_PARTS
 
         return attend_windows
 
@@ -170,13 +201,13 @@ class FullBranchCrossAttention(AttentionControl):
         if self.state.mode != DUAL:
             return None
         self.state.check_branch(call)
-        half = _half(call)
+        fulls = dual_rows(call)["full"]
 
         def full_rows_for_both(query, key, value, attn_mask):
             if attn_mask is not None:
                 raise ValueError(f"layer {call.layer.name}: FreeSwim's cross-attention override takes no mask")
-            full = F.scaled_dot_product_attention(query[half:], key[half:], value[half:])
-            return torch.cat([full, full])
+            full = F.scaled_dot_product_attention(query[fulls], key[fulls], value[fulls])
+            return torch.cat([full, full])  # the window rows get the full rows' output
 
         return full_rows_for_both
 
@@ -185,10 +216,10 @@ class FullBranchCrossAttention(AttentionControl):
         the processor adds) replaces the window rows', and is stored when caching."""
         if self.state.mode != DUAL:
             return output
-        full = output[_half(call) :]
+        full = output[dual_rows(call)["full"]]
         if self.state.stores_cache:
             self.state.store((call.branch, call.layer.name), full)
-        return torch.cat([full, full])
+        return torch.cat([full, full])  # the window rows get the full rows' output
 
 
 def freeswim_controls(state: FreeSwimState) -> list[AttentionControl]:

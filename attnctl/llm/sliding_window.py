@@ -88,15 +88,21 @@ def sliding_window_attention(
     scaling: float | None = None,
     block: int = 64,
     dropout: float = 0.0,
+    reference: bool = False,
 ) -> torch.Tensor:
     """Blocked causal sliding-window attention in SDPA layout: (batch, heads, q_len, head_dim) out.
 
     ``key``/``value`` are (batch, kv_heads, kv_len, head_dim) with kv_heads dividing heads; queries are the
     last
     q_len positions. ``attention_mask`` is a transformers padding mask (boolean keep-mask or additive float,
-    (batch, 1, q_len, kv_len)) on top of the window, or None.
+    (batch, 1, q_len, kv_len)) on top of the window, or None. ``reference=True`` runs the slow oracle instead:
+    explicit softmax over the full q_len x kv_len logits with the dense window mask (no dropout).
     """
     check_causal_window(window, sinks)
+    if reference:
+        keep = causal_window_keep_mask(query.shape[-2], key.shape[-2], window, sinks, device=query.device)
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return materialized_attention(query, key, value, attention_mask, scale, keep=keep)[0]
     _check_block(block)
     batch, heads, q_len, dim = query.shape
     kv_len = key.shape[-2]
@@ -126,21 +132,6 @@ def sliding_window_attention(
         queries, spans(key), spans(value), attn_mask=bias, dropout_p=dropout, scale=scaling
     )  # (b, h, blocks, block, d)
     return out.flatten(2, 3)[:, :, :q_len]
-
-
-def sliding_window_attention_reference(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    window: int,
-    sinks: int = 0,
-    attention_mask: torch.Tensor | None = None,
-    scaling: float | None = None,
-) -> torch.Tensor:
-    """The slow oracle: explicit softmax over the full q_len x kv_len logits with the dense window mask."""
-    keep = causal_window_keep_mask(query.shape[-2], key.shape[-2], window, sinks, device=query.device)
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return materialized_attention(query, key, value, attention_mask, scale, keep=keep)[0]
 
 
 def _window_route(window: int, sinks: int, block: int):

@@ -175,3 +175,23 @@ def save_tiny_wan_pipeline(directory: str | Path, seed: int = 0, variant: str = 
     directory = Path(directory)
     build_tiny_wan_variant(variant, seed).save_pretrained(directory)
     return directory
+
+
+def tiny_wan_inputs(variant: str, size: int = 32, frames: int = 5) -> dict:
+    """A variant's own pipeline inputs at ``size`` x ``size`` pixels, deterministic: nothing for text-to-video,
+    an image for image-to-video, a control video, an alternating mask and a reference image for VACE."""
+    import numpy as np
+    import PIL.Image
+
+    def picture(seed: int) -> PIL.Image.Image:
+        return PIL.Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+    if variant not in WAN_VARIANTS:
+        raise ValueError(f"variant={variant!r} must be one of {WAN_VARIANTS}")
+    if variant == "t2v":
+        return {}
+    if variant == "vace":
+        mask = [PIL.Image.new("L", (size, size), 255 if i % 2 else 0) for i in range(frames)]
+        return dict(video=[picture(seed) for seed in range(frames)], mask=mask, reference_images=[picture(9)],
+                    conditioning_scale=[1.0, 0.5])
+    return dict(image=picture(1))

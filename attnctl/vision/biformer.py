@@ -70,15 +70,19 @@ def bilevel_routing_attention(
     regions_per_side: int,
     topk: int,
     scale: float | None = None,
+    reference: bool = False,
 ) -> torch.Tensor:
     """Eq. 2-4 without LCE: (batch, heads, H*W, head_dim) -> same; ``regions_per_side`` must divide H, W.
 
-    ``scale`` multiplies the token logits (None: 1/sqrt(head_dim)).
+    ``scale`` multiplies the token logits (None: 1/sqrt(head_dim)). ``reference=True`` runs the slow oracle
+    instead: the same routing as a dense (H*W)^2 token mask (:func:`routing_mask`) and explicit softmax.
     """
     _check_routing(regions_per_side, topk)
     check_divides("regions_per_side", regions_per_side, grid)
     size = _region_size(grid, regions_per_side)
     index = route_regions(query, key, grid, regions_per_side, topk)  # (batch, regions, topk)
+    if reference:
+        return naive_attention(query, key, value, routing_mask(index, grid, regions_per_side)[:, None], scale)
     queries = to_blocks(query, grid, size)  # (batch, heads, regions, t, d)
     batch, heads, regions, tokens, dim = queries.shape
     gather_index = index[:, None, :, :, None, None].expand(batch, heads, regions, topk, tokens, dim)
@@ -101,20 +105,6 @@ def routing_mask(index: torch.Tensor, grid: tuple[int, int], regions_per_side: i
     routed = torch.zeros(index.shape[0], regions, regions, dtype=torch.bool, device=index.device)
     routed.scatter_(2, index, True)  # (batch, region of q, region of k)
     return routed[:, region][:, :, region]
-
-
-def bilevel_routing_attention_reference(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    grid: tuple[int, int],
-    regions_per_side: int,
-    topk: int,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """Slow oracle for :func:`bilevel_routing_attention`: the same routing as a dense (H*W)^2 token mask."""
-    index = route_regions(query, key, grid, regions_per_side, topk)
-    return naive_attention(query, key, value, routing_mask(index, grid, regions_per_side)[:, None], scale)
 
 
 def _check_routing(regions_per_side: int, topk: int) -> None:

@@ -61,15 +61,20 @@ def halo_attention(
     block: int,
     halo: int,
     mask_padding: bool = True,
+    reference: bool = False,
 ) -> torch.Tensor:
     """Blocked local attention (HaloNet Sec. 2.2). Shapes: (batch, heads, H*W, head_dim) -> same.
 
     ``block`` must divide both grid sides. ``halo=0`` is non-overlapping window attention (Swin without the
-    shift; LITv2's Hi-Fi branch).
+    shift; LITv2's Hi-Fi branch). ``reference=True`` runs the slow oracle instead: a dense (H*W)^2 mask
+    (:func:`halo_dense_mask`), padding as explicit zero keys and values.
     """
     check_positive("block", block)
     _check_halo(halo)
     check_divides("block", block, grid)
+    if reference:
+        return _dense_oracle(query, key, value, halo_dense_mask(grid, block, halo), (block + 2 * halo) ** 2,
+                             mask_padding)
     queries = to_blocks(query, grid, (block, block))  # (batch, heads, blocks, block^2, d)
     keys, values = _halo_windows(key, grid, block, halo), _halo_windows(value, grid, block, halo)
     if not (mask_padding and halo):
@@ -84,16 +89,8 @@ def halo_attention(
     return from_blocks(out, grid, (block, block))
 
 
-def halo_attention_reference(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    grid: tuple[int, int],
-    block: int,
-    halo: int,
-    mask_padding: bool = True,
-) -> torch.Tensor:
-    """Slow oracle for :func:`halo_attention`: a dense (H*W)^2 mask, padding as explicit zero keys/values."""
+def halo_dense_mask(grid: tuple[int, int], block: int, halo: int) -> torch.Tensor:
+    """(H*W, H*W) boolean: the keys of each query's block grown by ``halo`` (the slow oracle's dense mask)."""
     rows = torch.arange(grid[0]).repeat_interleave(grid[1])
     cols = torch.arange(grid[1]).repeat(grid[0])
 
@@ -101,16 +98,21 @@ def halo_attention_reference(
         start = (q_pos // block * block)[:, None]  # first row/column of the query's block
         return (k_pos[None, :] >= start - halo) & (k_pos[None, :] < start + block + halo)
 
-    mask = in_window(rows, rows) & in_window(cols, cols)  # (H*W, H*W)
+    return in_window(rows, rows) & in_window(cols, cols)
+
+
+def _dense_oracle(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor, slots: int,
+                  mask_padding: bool) -> torch.Tensor:  # fmt: skip
+    """Explicit softmax under the dense ``keep`` mask (H*W, H*W); without ``mask_padding`` every query also sees
+    one zero key and value per slot of its ``slots``-key window that falls outside the grid."""
     if mask_padding:
-        return naive_attention(query, key, value, mask.to(query.device))
-    # Zero-padded slots each add a zero logit and a zero value: append one zero key per missing slot.
-    missing = (block + 2 * halo) ** 2 - mask.sum(-1)  # (H*W,)
+        return naive_attention(query, key, value, keep.to(query.device))
+    missing = slots - keep.sum(-1)  # (H*W,)
     pad = int(missing.max())
     zeros = key.new_zeros(*key.shape[:2], pad, key.shape[-1])
-    slots = torch.arange(pad)[None, :] < missing[:, None]  # (H*W, pad)
-    full_mask = torch.cat([mask, slots], dim=-1).to(query.device)
-    return naive_attention(query, torch.cat([key, zeros], -2), torch.cat([value, zeros], -2), full_mask)
+    padding = torch.arange(pad)[None, :] < missing[:, None]  # (H*W, pad)
+    full_keep = torch.cat([keep, padding], dim=-1).to(query.device)
+    return naive_attention(query, torch.cat([key, zeros], -2), torch.cat([value, zeros], -2), full_keep)
 
 
 class HaloAttention2d(GridSelfAttention):

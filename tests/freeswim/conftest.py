@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pipe(tiny_wan_path):
     from attnctl.pipelines.freeswim import FreeSwimPipeline
 

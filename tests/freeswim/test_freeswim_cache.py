@@ -13,6 +13,7 @@ from attnctl.core import AttentionController
 from attnctl.freeswim import (
     CACHED,
     DUAL,
+    DUAL_ROWS,
     WINDOW,
     FreeSwimConfig,
     FreeSwimState,
@@ -60,10 +61,11 @@ def uncached_reference(pipe, steps, seed=0):
         window=native_window(grid), native_tokens=grid[0] * grid[1], cache_interval=1, allow_full=True
     )
     state = FreeSwimState(config)
-    with AttentionController(freeswim_controls(state)).installed(model, processor_factory=wan_processor_factory(model)):
+    controller = AttentionController(freeswim_controls(state))
+    with controller.installed(model, processor_factory=wan_processor_factory(model)):
         for step, t in enumerate(timesteps):
             assert state.begin_pass(step, "cond") == DUAL
-            with model.cache_context("cond"):
+            with controller.declared(rows=DUAL_ROWS), model.cache_context("cond"):
                 cond = model(torch.cat([latents, latents]), t.expand(2), torch.cat([prompt_embeds] * 2),
                              return_dict=False)[0][:1]
             assert state.begin_pass(step, "uncond") == WINDOW

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from attnctl.core import AttentionControl, AttentionController
-from attnctl.freeswim import CACHED, DUAL, WINDOW, FreeSwimConfig, FreeSwimState, freeswim_controls
+from attnctl.freeswim import CACHED, DUAL, DUAL_ROWS, WINDOW, FreeSwimConfig, FreeSwimState, freeswim_controls
+from attnctl.freeswim.controls import freeswim_pass
 from attnctl.freeswim.wan_processor import wan_processor_factory
 from attnctl.models.tiny_wan import build_tiny_wan_transformer
 
@@ -37,11 +38,11 @@ class CrossOutputs(AttentionControl):
         return output
 
 
-def freeswim_pass(model, state, step, branch, latents, text, t=400.0):
+def one_pass(model, controller, state, step, branch, latents, text, t=400.0):
     """One pass as the pipeline runs it; returns the whole output (dual: window rows then full rows)."""
-    if state.begin_pass(step, branch) == DUAL:
-        latents, text = torch.cat([latents, latents]), torch.cat([text, text])
-    with model.cache_context(branch, step_index=step):
+    with freeswim_pass(model, controller, state, step, branch) as mode:
+        if mode == DUAL:
+            latents, text = torch.cat([latents, latents]), torch.cat([text, text])
         return stock(model, latents, text, t)
 
 
@@ -55,8 +56,8 @@ def test_full_branch_row_is_the_vanilla_model_and_window_row_differs():
     latents, text = latents_and_text()
     vanilla = stock(model, latents, text)
     state = FreeSwimState(FreeSwimConfig(window=(3, 3), native_tokens=9, attention_scale=None))
-    with installed(model, state):
-        out = freeswim_pass(model, state, 0, "cond", latents, text)
+    with installed(model, state) as controller:
+        out = one_pass(model, controller, state, 0, "cond", latents, text)
     torch.testing.assert_close(out[1:], vanilla, atol=1e-6, rtol=0)  # batch 2 vs 1: GEMM blocking only
     assert (out[:1] - vanilla).abs().max() > 1e-3
     assert state.full_branch_runs == [(0, "cond", "blocks.0.attn1.processor"), (0, "cond", "blocks.1.attn1.processor")]
@@ -67,8 +68,8 @@ def test_covering_window_with_stock_scale_gives_the_vanilla_model_on_both_rows()
     latents, text = latents_and_text()
     vanilla = stock(model, latents, text)
     state = FreeSwimState(FreeSwimConfig(window=(7, 9), native_tokens=42, attention_scale=None, allow_full=True))
-    with installed(model, state):
-        out = freeswim_pass(model, state, 0, "cond", latents, text)
+    with installed(model, state) as controller:
+        out = one_pass(model, controller, state, 0, "cond", latents, text)
     torch.testing.assert_close(out, vanilla.expand(2, *vanilla.shape[1:]), atol=1e-6, rtol=0)
 
 
@@ -77,8 +78,8 @@ def test_window_rows_receive_the_full_rows_cross_attention():
     latents, text = latents_and_text()
     recorder = CrossOutputs()
     state = FreeSwimState(FreeSwimConfig(window=(3, 3), native_tokens=9))
-    with installed(model, state, [recorder]):
-        freeswim_pass(model, state, 0, "cond", latents, text)
+    with installed(model, state, [recorder]) as controller:
+        one_pass(model, controller, state, 0, "cond", latents, text)
     assert len(recorder.outputs) == 2
     for output in recorder.outputs:
         assert torch.equal(output[:1], output[1:])
@@ -90,12 +91,12 @@ def test_cached_pass_replays_the_dual_pass_cross_attention():
     latents, text = latents_and_text()
     state = FreeSwimState(FreeSwimConfig(window=(3, 3), native_tokens=9, cache_interval=3))
     recorder = CrossOutputs()
-    with installed(model, state, [recorder]):
-        dual = freeswim_pass(model, state, 0, "cond", latents, text)
+    with installed(model, state, [recorder]) as controller:
+        dual = one_pass(model, controller, state, 0, "cond", latents, text)
         stored = dict(state.cache)
-        cached = freeswim_pass(model, state, 1, "cond", latents, text)
+        cached = one_pass(model, controller, state, 1, "cond", latents, text)
         assert state.mode == CACHED
-        window_only = freeswim_pass(model, state, 1, "uncond", latents, text)
+        window_only = one_pass(model, controller, state, 1, "uncond", latents, text)
         assert state.mode == WINDOW
     assert sorted(stored) == [("cond", "blocks.0.attn2.processor"), ("cond", "blocks.1.attn2.processor")]
     assert all(tensor.shape == (1, 126, 24) for tensor in stored.values())
@@ -117,13 +118,18 @@ def test_schedule_per_branch_and_interval():
     assert {plain.begin_pass(step, branch) for step in range(3) for branch in ("cond", "uncond")} == {WINDOW}
 
 
-def test_dual_pass_needs_an_even_batch_and_the_planned_branch():
+def test_dual_pass_needs_its_declared_rows_an_even_batch_and_the_planned_branch():
     model = build_tiny_wan_transformer().eval()
     latents, text = latents_and_text()
+    pair = torch.cat([latents, latents]), torch.cat([text, text])
     state = FreeSwimState(FreeSwimConfig(window=(3, 3), native_tokens=9))
-    with installed(model, state):
+    with installed(model, state) as controller:
         state.begin_pass(0, "cond")
-        with model.cache_context("cond"), pytest.raises(ValueError, match="even batch"):
-            stock(model, latents, text)
-        with model.cache_context("uncond"), pytest.raises(RuntimeError, match="planned a 'cond' pass"):
-            stock(model, torch.cat([latents, latents]), torch.cat([text, text]))
+        with model.cache_context("cond"), pytest.raises(RuntimeError, match=r"must declare its rows \('window', 'full'\)"):
+            stock(model, *pair)
+        with controller.declared(rows=DUAL_ROWS), model.cache_context("cond"):
+            with pytest.raises(ValueError, match=r"batch of 1 rows cannot hold the 2 equal parts \('window', 'full'\)"):
+                stock(model, latents, text)
+        with controller.declared(rows=DUAL_ROWS), model.cache_context("uncond"):
+            with pytest.raises(RuntimeError, match="planned a 'cond' pass"):
+                stock(model, *pair)

@@ -1,129 +1,46 @@
-"""FreeSwim on Wan image-to-video (2.1 with CLIP context, 2.2 A14B layout, TI2V-5B) and VACE folders.
+"""FreeSwim on Wan image-to-video (2.1 with CLIP context, 2.2 A14B layout, TI2V-5B) and VACE folders: stage 2
+keeps each variant's conditioning; mismatched folders fail at load.
 
-Each tiny folder is a stock diffusers pipeline saved with ``save_pretrained``; ``FreeSwimPipeline.from_pretrained``
-must pick the variant, stage 1 must be the stock parent pipeline bit for bit, the controlled processor with no
-control must leave the stock pipeline's output unchanged, and stage 2 must keep the variant's conditioning.
+Each tiny folder is a stock diffusers pipeline saved with ``save_pretrained``. The pipeline contract (the variant
+picked at load, stage 1 the stock parent bit for bit, save/load, batches, bad arguments) runs for every variant in
+tests/pipelines/test_freeswim_contract.py.
 """
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
-import PIL.Image
 import pytest
 import torch
-from diffusers import WanImageToVideoPipeline, WanVACEPipeline
 
-from attnctl import FreeSwimImageToVideoPipeline, FreeSwimPipeline, FreeSwimVACEPipeline
-from attnctl.core import AttentionController
-from attnctl.freeswim.wan_processor import wan_processor_factory
-from attnctl.models.tiny_wan import build_tiny_wan_variant, save_tiny_wan_pipeline
+from attnctl import FreeSwimImageToVideoPipeline, FreeSwimPipeline
+from attnctl.models.tiny_wan import build_tiny_wan_variant, save_tiny_wan_pipeline, tiny_wan_inputs
 
 NATIVE, TARGET, FRAMES = 32, 64, 5
-CLASSES = {
-    "i2v-2.1": FreeSwimImageToVideoPipeline,
-    "i2v-2.2": FreeSwimImageToVideoPipeline,
-    "ti2v-5b": FreeSwimImageToVideoPipeline,
-    "vace": FreeSwimVACEPipeline,
-}
-
-
-def picture(seed=1, size=(NATIVE, NATIVE)):
-    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
-    return PIL.Image.fromarray(pixels)
-
-
-def variant_inputs(variant):
-    """The variant's own inputs: an image for I2V; a control video, mask and reference image for VACE."""
-    if variant == "vace":
-        video = [picture(seed) for seed in range(FRAMES)]
-        mask = [PIL.Image.new("L", (NATIVE, NATIVE), 255 if i % 2 else 0) for i in range(FRAMES)]
-        return dict(video=video, mask=mask, reference_images=[picture(9)], conditioning_scale=[1.0, 0.5])
-    return dict(image=picture())
-
-
-def text_length(variant):
-    return 512 if variant == "i2v-2.1" else 16  # Wan 2.1 I2V needs 512 text tokens (families.md trap 6)
-
-
-def common(variant, seed=0):
-    return dict(
-        prompt="a cat walking", negative_prompt="blurry", num_frames=FRAMES, num_inference_steps=2,
-        max_sequence_length=text_length(variant), generator=torch.Generator().manual_seed(seed),
-    )
+VARIANTS = ("i2v-2.1", "i2v-2.2", "ti2v-5b", "vace")
 
 
 def freeswim(pipe, variant, **overrides):
-    arguments = common(variant) | variant_inputs(variant) | dict(
-        height=TARGET, width=TARGET, native_height=NATIVE, native_width=NATIVE, output_type="latent"
-    )
+    arguments = dict(
+        prompt="a cat walking", negative_prompt="blurry", num_frames=FRAMES, num_inference_steps=2,
+        max_sequence_length=512 if variant == "i2v-2.1" else 16,  # Wan 2.1 I2V needs 512 (families.md trap 6)
+        generator=torch.Generator().manual_seed(0), height=TARGET, width=TARGET, native_height=NATIVE,
+        native_width=NATIVE, output_type="latent",
+    ) | tiny_wan_inputs(variant, NATIVE, FRAMES)
     return pipe(**(arguments | overrides))
 
 
-@pytest.fixture(scope="module", params=sorted(CLASSES))
-def loaded(request, tmp_path_factory):
+@pytest.fixture(scope="module", params=VARIANTS)
+def loaded(request, tiny_wan_folder):
     variant = request.param
-    folder = save_tiny_wan_pipeline(tmp_path_factory.mktemp(variant), variant=variant)
-    pipe = FreeSwimPipeline.from_pretrained(folder)
+    pipe = FreeSwimPipeline.from_pretrained(tiny_wan_folder(variant))
     pipe.set_progress_bar_config(disable=True)
-    return variant, folder, pipe
-
-
-def stock_of(pipe):
-    """The stock parent pipeline on the same components and settings (boundary, expand_timesteps)."""
-    settings = {k: pipe.config[k] for k in ("boundary_ratio", "expand_timesteps") if k in pipe.config}
-    parent = WanVACEPipeline if isinstance(pipe, WanVACEPipeline) else WanImageToVideoPipeline
-    stock = parent(**pipe.components, **settings)
-    stock.set_progress_bar_config(disable=True)
-    return stock
-
-
-def test_from_pretrained_picks_the_variant_and_round_trips(loaded, tmp_path):
-    variant, folder, pipe = loaded
-    assert type(pipe) is CLASSES[variant]
-    assert (pipe.transformer_2 is not None) == (variant == "i2v-2.2")
-    pipe.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == CLASSES[variant].__name__
-    assert type(FreeSwimPipeline.from_pretrained(tmp_path)) is CLASSES[variant]
-
-
-def test_stage_one_is_the_stock_parent_pipeline(loaded):
-    variant, _, pipe = loaded
-    out = freeswim(pipe, variant, output_type="pt")
-    stock = stock_of(pipe)(**common(variant), **variant_inputs(variant), height=NATIVE, width=NATIVE,
-                           output_type="pt").frames
-    assert torch.equal(out.native_frames, stock)
-
-
-def test_controlled_processor_without_controls_is_the_stock_pipeline(loaded):
-    variant, _, pipe = loaded
-    stock = stock_of(pipe)
-    arguments = common(variant) | variant_inputs(variant) | dict(height=NATIVE, width=NATIVE, output_type="latent")
-    reference = stock(**arguments).frames
-    models = [m for m in (stock.transformer, stock.transformer_2) if m is not None]
-    controller = AttentionController([])
-    with controller.installed(models[0], processor_factory=wan_processor_factory(models[0])):
-        if len(models) == 2:
-            with AttentionController([]).installed(models[1], processor_factory=wan_processor_factory(models[1])):
-                controlled = stock(**(arguments | {"generator": torch.Generator().manual_seed(0)})).frames
-        else:
-            controlled = stock(**(arguments | {"generator": torch.Generator().manual_seed(0)})).frames
-    assert torch.equal(controlled, reference)
-
-
-def test_control_on_changes_the_refinement_and_stays_finite(loaded):
-    variant, _, pipe = loaded
-    controlled = freeswim(pipe, variant).frames
-    assert pipe.freeswim_states["transformer"].full_branch_runs  # the dual path ran on stage 2
-    grid = TARGET // 16
-    plain = freeswim(pipe, variant, window_size=(grid, grid), dual_path=False, attention_scale=None).frames
-    assert torch.isfinite(controlled).all() and torch.isfinite(plain).all()
-    assert (controlled - plain).abs().max() > 1e-4
+    return variant, pipe
 
 
 def test_stage_two_keeps_the_conditioning_at_the_target_size(loaded):
-    variant, _, pipe = loaded
+    variant, pipe = loaded
+    assert (pipe.transformer_2 is not None) == (variant == "i2v-2.2")
     seen = []
     hook = pipe.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(
@@ -146,7 +63,7 @@ def test_stage_two_keeps_the_conditioning_at_the_target_size(loaded):
         assert first["encoder_hidden_states_image"][1:] == (17, 16)  # CLIP penultimate states
     if variant == "ti2v-5b":
         assert first["timestep"] == (first["hidden_states"][0], 2 * (TARGET // 16) ** 2)  # per token
-        image = pipe.video_processor.preprocess(picture(), height=TARGET, width=TARGET)
+        image = pipe.video_processor.preprocess(tiny_wan_inputs(variant)["image"], height=TARGET, width=TARGET)
         condition = pipe.prepare_latents(image, 1, 4, TARGET, TARGET, FRAMES, torch.float32, "cpu", None,
                                          torch.zeros(1, 4, 2, 8, 8))[1]
         assert torch.equal(latents[:, :, 0], condition[:, :, 0])  # the image latent stays the first frame
@@ -173,12 +90,3 @@ def test_unsupported_or_mismatched_wan_folders_fail_at_load(tmp_path):
                                                                         "transformer_2")}).save_pretrained(tmp_path / "mixed")
     with pytest.raises(ValueError, match=r"transformer \(WanTransformer3DModel, in_channels=12\) is not a Wan text-to-video"):
         FreeSwimPipeline.from_pretrained(tmp_path / "mixed")
-
-
-def test_bad_variant_inputs_raise_value_errors(tmp_path):
-    i2v = FreeSwimPipeline.from_pretrained(save_tiny_wan_pipeline(tmp_path / "i2v", variant="i2v-2.1"))
-    with pytest.raises(ValueError, match="max_sequence_length=16 .*needs 512 text tokens"):
-        freeswim(i2v, "i2v-2.1", max_sequence_length=16)
-    vace = FreeSwimPipeline.from_pretrained(save_tiny_wan_pipeline(tmp_path / "vace", variant="vace"))
-    with pytest.raises(ValueError, match=r"conditioning_scale=\[1.0, 1.0, 1.0\] must be a number or one number per"):
-        freeswim(vace, "vace", conditioning_scale=[1.0, 1.0, 1.0])

@@ -10,7 +10,6 @@ from attnctl.llm.patching import route_attention
 from attnctl.llm.sliding_window import (
     apply_sliding_window,
     sliding_window_attention,
-    sliding_window_attention_reference,
 )
 from attnctl.llm.tiny import build_tiny_causal_lm
 
@@ -40,7 +39,7 @@ def qkv(q_len, kv_len, heads=4, kv_heads=2, dim=8, dtype=torch.float64, seed=0):
 def test_kernel_equals_the_dense_masked_reference(q_len, kv_len, window, sinks, block):
     query, key, value = qkv(q_len, kv_len)
     fast = sliding_window_attention(query, key, value, window, sinks, block=block)
-    slow = sliding_window_attention_reference(query, key, value, window, sinks)
+    slow = sliding_window_attention(query, key, value, window, sinks, reference=True)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
 
 
@@ -59,7 +58,7 @@ def test_padding_masks_combine_with_the_window(boolean):
     keep[0, :, :, :3] = False  # three left-padding tokens in the first sequence
     mask = keep if boolean else torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, -1e300)
     fast = sliding_window_attention(query, key, value, 4, 1, attention_mask=mask, block=8)
-    slow = sliding_window_attention_reference(query, key, value, 4, 1, attention_mask=mask)
+    slow = sliding_window_attention(query, key, value, 4, 1, attention_mask=mask, reference=True)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
 
 
@@ -96,7 +95,7 @@ def test_model_with_window_matches_the_reference_route():
 
     def reference(stock):
         def attend(module, query, key, value, attention_mask, scaling=None, **kwargs):
-            out = sliding_window_attention_reference(query, key, value, 8, 2, attention_mask, scaling)
+            out = sliding_window_attention(query, key, value, 8, 2, attention_mask, scaling, reference=True)
             return out.transpose(1, 2).contiguous(), None
 
         return attend

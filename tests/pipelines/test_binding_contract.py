@@ -4,7 +4,7 @@ tests/binding)."""
 from __future__ import annotations
 
 import pytest
-from contract import OnPixArt, StockContract
+from contract import OnPixArt, OnSD, OnSDXL, StockContract, on_families
 
 from attnctl import AttendAndExcitePipeline, SynGenPipeline
 from attnctl.structured import load_english_pipeline
@@ -26,12 +26,7 @@ class AttendExciteContract(StockContract):
     ]
 
 
-class TestAttendExciteSD(AttendExciteContract):
-    path_fixture = "tiny_sd_path"
-
-
-class TestAttendExciteSDXL(AttendExciteContract):
-    path_fixture = "tiny_sdxl_path"
+TestAttendExciteSD, TestAttendExciteSDXL = on_families(AttendExciteContract, OnSD, OnSDXL)
 
 
 class TestAttendExcitePixArt(OnPixArt, AttendExciteContract):
@@ -59,13 +54,4 @@ class SynGenContract(StockContract):
     ]
 
 
-class TestSynGenSD(SynGenContract):
-    path_fixture = "tiny_sd_path"
-
-
-class TestSynGenSDXL(SynGenContract):
-    path_fixture = "tiny_sdxl_path"
-
-
-class TestSynGenPixArt(OnPixArt, SynGenContract):
-    pass
+TestSynGenSD, TestSynGenSDXL, TestSynGenPixArt = on_families(SynGenContract, OnSD, OnSDXL, OnPixArt)

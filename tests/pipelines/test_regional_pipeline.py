@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from contract import OnFlux, OnPixArt, OnSD, OnSD3, OnSD35, OnSDXL, StockContract
+from contract import OnFlux, OnPixArt, OnSD, OnSD3, OnSD35, OnSDXL, StockContract, on_families
 from diffusers import StableDiffusionPipeline
 
 from attnctl import RegionalDiffusionPipeline
@@ -28,28 +28,8 @@ class RegionalContract(StockContract):
     bad_arguments = [(dict(regions=regions), message) for regions, message in BAD_REGIONS]
 
 
-class TestRegionalSD(OnSD, RegionalContract):
-    pass
-
-
-class TestRegionalSDXL(OnSDXL, RegionalContract):
-    pass
-
-
-class TestRegionalSD3(OnSD3, RegionalContract):
-    pass
-
-
-class TestRegionalSD35(OnSD35, RegionalContract):
-    pass
-
-
-class TestRegionalFlux(OnFlux, RegionalContract):
-    pass
-
-
-class TestRegionalPixArt(OnPixArt, RegionalContract):
-    pass
+(TestRegionalSD, TestRegionalSDXL, TestRegionalSD3, TestRegionalSD35, TestRegionalFlux,
+ TestRegionalPixArt) = on_families(RegionalContract, OnSD, OnSDXL, OnSD3, OnSD35, OnFlux, OnPixArt)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from contract import T5_CALL, OnFlux, OnPixArt, OnSD, OnSD3, OnSD35, OnSDXL, StockContract
+from contract import T5_CALL, OnFlux, OnPixArt, OnSD, OnSD3, OnSD35, OnSDXL, StockContract, on_families
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -27,28 +27,8 @@ class StructuredContract(StockContract):
     bad_arguments = STRUCTURED_BAD_ARGUMENTS
 
 
-class TestStructuredSD(OnSD, StructuredContract):
-    pass
-
-
-class TestStructuredSDXL(OnSDXL, StructuredContract):
-    pass
-
-
-class TestStructuredSD3(OnSD3, StructuredContract):
-    pass
-
-
-class TestStructuredSD35(OnSD35, StructuredContract):
-    pass
-
-
-class TestStructuredFlux(OnFlux, StructuredContract):
-    pass
-
-
-class TestStructuredPixArt(OnPixArt, StructuredContract):
-    pass
+(TestStructuredSD, TestStructuredSDXL, TestStructuredSD3, TestStructuredSD35, TestStructuredFlux,
+ TestStructuredPixArt) = on_families(StructuredContract, OnSD, OnSDXL, OnSD3, OnSD35, OnFlux, OnPixArt)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import torch
 from attnctl.vision.biformer import (
     BiLevelRoutingAttention,
     bilevel_routing_attention,
-    bilevel_routing_attention_reference,
     route_regions,
     routing_mask,
 )
@@ -26,9 +25,8 @@ def _qkv(seed=0):
 def test_matches_the_dense_mask_oracle(side, topk):
     q, k, v = _qkv()
     out = bilevel_routing_attention(q, k, v, GRID, side, topk)
-    torch.testing.assert_close(
-        out, bilevel_routing_attention_reference(q, k, v, GRID, side, topk), rtol=1e-5, atol=1e-6
-    )
+    reference = bilevel_routing_attention(q, k, v, GRID, side, topk, reference=True)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
 
 
 def test_topk_equal_to_all_regions_is_full_attention():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attnctl.vision.grid import FullGridAttention, naive_attention
-from attnctl.vision.halo import HaloAttention2d, halo_attention, halo_attention_reference, halo_key_mask
+from attnctl.vision.halo import HaloAttention2d, halo_attention, halo_key_mask
 
 GRID = (12, 8)
 
@@ -23,7 +23,7 @@ def _qkv(seed=0, heads=2, dim=4, dtype=torch.float32):
 def test_matches_the_dense_mask_oracle(block, halo, mask_padding):
     q, k, v = _qkv()
     out = halo_attention(q, k, v, GRID, block, halo, mask_padding)
-    expected = halo_attention_reference(q, k, v, GRID, block, halo, mask_padding)
+    expected = halo_attention(q, k, v, GRID, block, halo, mask_padding, reference=True)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -33,7 +33,8 @@ def test_interior_and_border_blocks_both_match_the_oracle():
     border = ~halo_key_mask((16, 16), 4, 1).all(dim=-1)
     assert 0 < int(border.sum()) < 16  # 12 border blocks around 4 interior ones
     out = halo_attention(q, k, v, (16, 16), 4, 1)
-    torch.testing.assert_close(out, halo_attention_reference(q, k, v, (16, 16), 4, 1), rtol=1e-5, atol=1e-6)
+    reference = halo_attention(q, k, v, (16, 16), 4, 1, reference=True)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
 
 
 def test_unmasked_padding_differs_from_masked_at_the_border_only():
