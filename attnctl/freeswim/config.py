@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import ARGUMENT_KINDS, PIPELINE_ARGUMENTS
 from ..core.window_attention import BACKENDS
 
 WAN_PATCH_PIXELS = 16  # Wan: VAE /8 in space, patch (1, 2, 2) -> one token per 16 x 16 pixels
@@ -74,17 +75,11 @@ class FreeSwimConfig:
     cache_device: str | torch.device | None = None  # stored as a string, e.g. "cpu", "cuda:1"
 
     def __post_init__(self) -> None:
-        window = tuple(self.window)
-        if len(window) != 2 or any(isinstance(w, bool) or int(w) != w or w < 1 for w in window):
-            raise ValueError(f"window={self.window!r} must be two positive integers (rows, cols) in tokens")
+        # the limits are the pipeline arguments' (attnctl.checks): one place for the API, the CLI and the UI
+        window = ARGUMENT_KINDS["window_size"]("window", self.window)
         object.__setattr__(self, "window", tuple(int(w) for w in window))
-        if isinstance(self.cache_interval, bool) or int(self.cache_interval) != self.cache_interval:
-            raise ValueError(f"cache_interval={self.cache_interval!r} must be an integer >= 1")
-        if self.cache_interval < 1:
-            raise ValueError(f"cache_interval={self.cache_interval} must be >= 1 (1 runs the full branch every step)")
-        scale = self.attention_scale
-        if not (scale is None or scale == ENTROPY or (isinstance(scale, (int, float)) and scale > 0)):
-            raise ValueError(f"attention_scale={scale!r} must be 'entropy', None (stock) or a positive number")
+        ARGUMENT_KINDS["cache_interval"]("cache_interval", self.cache_interval)
+        PIPELINE_ARGUMENTS["attention_scale"]("attention_scale", self.attention_scale, None)
         if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r} must be None or one of {BACKENDS}")
         if self.native_tokens < 2:

@@ -30,11 +30,13 @@ def test_entropy_scale_matches_the_released_value():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(window=(3,)), r"window=\(3,\) must be two positive integers"),
-        (dict(window=(0, 3)), "window=.* must be two positive integers"),
-        (dict(cache_interval=0), "cache_interval=0 must be >= 1"),
-        (dict(cache_interval=True), "cache_interval=True must be an integer"),
-        (dict(attention_scale=-1.0), "attention_scale=-1.0"),
+        (dict(window=(3,)), r"window=\(3,\) is invalid: expected two values \(rows, cols\)"),
+        (dict(window=(0, 3)), r"window\[0\]=0 is invalid"),
+        (dict(cache_interval=0), "cache_interval=0 is invalid: expected a whole number from 1 to 10000"),
+        (dict(cache_interval=True), "cache_interval=True is invalid"),
+        (dict(cache_interval=10_001), "cache_interval=10001 is invalid"),
+        (dict(attention_scale=-1.0), "attention_scale=-1.0 is invalid"),
+        (dict(attention_scale=float("inf")), "attention_scale=inf is invalid"),
         (dict(backend="gpu"), "backend='gpu' must be None or one of"),
         (dict(native_tokens=1), "native_tokens=1 must be at least 2"),
         (dict(cache_device="gpu0"), "cache_device='gpu0' is not a torch device"),
