@@ -639,6 +639,18 @@ def pixel_multiple(pipe: Any) -> int:
     return pipe.vae_scale_factor
 
 
+def _integer_kind(kind: Any) -> bool:
+    return isinstance(kind, Integer) or (isinstance(kind, Optional) and isinstance(kind.kind, Integer))
+
+
+def whole_numbers(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """``arguments`` with every whole float of an integer argument (``num_inference_steps=20.0``, ``height=64.0``,
+    as web forms send them; :func:`check_call` accepts them) made an ``int``: diffusers indexes and shapes
+    tensors with these, and a float fails deep inside it."""
+    return {name: int(value) if isinstance(value, float) and (_integer_kind(ARGUMENT_KINDS.get(name)) or name in SIDES)
+            else value for name, value in arguments.items()}
+
+
 def check_call(pipe: Any, arguments: Mapping[str, Any]) -> None:
     """Check every argument of a pipeline call (``locals()`` at the top of ``__call__``) before any model runs.
 

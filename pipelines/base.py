@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DiffusionPipeline
 
-from attnctl.checks import check_call
+from attnctl.checks import check_call, whole_numbers
 from attnctl.composer.tokens import check_token_indices, words_token_indices
 from attnctl.core import AttentionControl, AttentionController, AttentionStore, TokenHeatmaps, guidance_rows
 from attnctl.core.rows import RowLayout
@@ -327,6 +327,7 @@ class ControlledPipelineMixin(FamilyPipelineMixin):
         bound.apply_defaults()
         call = {name: value for name, value in bound.arguments.items() if name != "self"}
         check_call(self, {**call, **method_kwargs})  # every argument, before any model runs
+        call, passed, method_kwargs = whole_numbers(call), whole_numbers(passed), whole_numbers(method_kwargs)
         run = self.prepare(_ReadOnly(call), **method_kwargs)
         return_dict = passed.pop("return_dict", True)
         passed.update(run.arguments)

@@ -165,3 +165,15 @@ def test_check_call_names_the_argument_and_value(arguments, message):
 def test_check_call_leaves_good_and_unknown_arguments_alone():
     checks.check_call(_Pipe(), {"prompt": ["a", "b"], "height": None, "width": 64, "guidance_scale": 0.0,
                                 "num_inference_steps": 1, "anything_else": object(), "phrases": [["a"], []]})
+
+
+def test_whole_floats_of_integer_arguments_become_ints_and_nothing_else_changes():
+    from attnctl.checks import whole_numbers
+
+    given = {"num_inference_steps": 20.0, "height": 64.0, "num_images_per_prompt": 2.0, "max_iter_to_alter": 5.0,
+             "guidance_scale": 7.0, "strength": 1.0, "prompt": "a red circle", "clip_skip": None}
+    converted = whole_numbers(given)
+    assert converted == given
+    assert [name for name, value in converted.items() if isinstance(value, int)] == [
+        "num_inference_steps", "height", "num_images_per_prompt", "max_iter_to_alter"]
+    assert isinstance(converted["guidance_scale"], float) and isinstance(converted["strength"], float)

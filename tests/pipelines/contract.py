@@ -198,6 +198,11 @@ class StockContract(BatchContract):
         assert not torch.equal(images, self.media(stock))
         assert self.processors_are_stock(pipe)
 
+    def test_contract_whole_floats_run_as_ints(self, pipe):
+        """Web forms send 2.0: whole floats of integer arguments are the integers' result, not a deep error."""
+        expected = self.media(pipe, self.control_on)
+        assert torch.equal(self.media(pipe, self.control_on, num_inference_steps=2.0), expected)
+
     def test_contract_return_dict_false_is_the_parents_tuple(self, pipe, stock):
         got = self.run(pipe, self.control_off, return_dict=False)
         expected = self.run(stock, return_dict=False)
