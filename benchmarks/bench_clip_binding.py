@@ -8,7 +8,9 @@ colours exchanged ("a red circle and a blue square" vs "a blue circle and a red 
 - image and text towers: the query is a rendered scene of the caption; correct when the image is closer to
   the caption than to the twin.
 Chance is 50%; a bag-of-words encoder scores 0% (ties). As a control, each test is repeated with a negative
-that differs in words, one colour replaced by a colour not in the caption. Rates with Wilson 95% intervals.
+that differs in words, one colour replaced by a colour not in the caption, and again with one shape replaced
+by a shape not in the caption (does the encoder read shapes as well as colours?). Rates with Wilson 95%
+intervals.
 
     python benchmarks/bench_clip_binding.py --model clip --json outputs/bench_clip_binding.json
 """
@@ -31,6 +33,7 @@ from attnctl.shapes.compositions import (
     recoloured,
     relation_of,
     reordered,
+    reshaped,
     swapped_twin_prompt,
 )
 from attnctl.shapes.evaluation import PromptObjects, report_results, wilson_interval
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     captions = text_embeddings(clip, tokenizer, [p.prompt for p in prompts])  # (N, D)
     twins = text_embeddings(clip, tokenizer, [swapped_twin_prompt(p).prompt for p in prompts])
     others = text_embeddings(clip, tokenizer, [recoloured(p).prompt for p in prompts])
+    reshapes = text_embeddings(clip, tokenizer, [reshaped(p).prompt for p in prompts])
     paraphrases = text_embeddings(clip, tokenizer, [reordered(p) for p in prompts])
     images = image_embeddings(clip, rendered(prompts, args.seed))
     results = {
@@ -99,11 +103,14 @@ def main(argv: list[str] | None = None) -> None:
             "vs_swapped_twin": rate(twin_retrieval(paraphrases, captions, twins)),
             "vs_recoloured": rate(twin_retrieval(paraphrases, captions, others)),
             "mean_cosine_caption_twin": round(float((captions * twins).sum(-1).mean()), 4),
+            "vs_reshaped": rate(twin_retrieval(paraphrases, captions, reshapes)),
             "mean_cosine_caption_recoloured": round(float((captions * others).sum(-1).mean()), 4),
+            "mean_cosine_caption_reshaped": round(float((captions * reshapes).sum(-1).mean()), 4),
         },
         "image_and_text_towers": {
             "vs_swapped_twin": rate(twin_retrieval(images, captions, twins)),
             "vs_recoloured": rate(twin_retrieval(images, captions, others)),
+            "vs_reshaped": rate(twin_retrieval(images, captions, reshapes)),
         },
     }
     report_results(results, args.json)

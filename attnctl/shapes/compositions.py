@@ -119,3 +119,11 @@ def recoloured(prompt: PromptObjects) -> PromptObjects:
     (c1, s1), (c2, s2) = prompt.objects
     other = next(c for c in COLOURS if c not in (c1, c2))
     return two_object_prompt((c1, s1), relation_of(prompt), (other, s2))
+
+
+def reshaped(prompt: PromptObjects) -> PromptObjects:
+    """The caption with its second shape replaced by the first shape it does not use: does the encoder read
+    shape words as well as colour words?"""
+    (c1, s1), (c2, s2) = prompt.objects
+    other = next(s for s in SHAPES if s not in (s1, s2))
+    return two_object_prompt((c1, s1), relation_of(prompt), (c2, other))
