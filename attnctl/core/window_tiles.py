@@ -293,6 +293,12 @@ def _attend_runs(
     queries = _scratch_copy("query tiles", _tile_view(query, plan, runs)).view(
         keys.shape[0], runs[-1].count, plan.query_tile, -1
     )
+    if runs[-1].rect_step == 0 and runs[-1].count > 1:
+        # a border run: every tile along the view axis reads the same rectangle, so its tiles are one query
+        # block (rows, 1, count * query_tile, dim) against one copy of the keys, not count stride-0 copies
+        keys, values = keys[:, :1], values[:, :1]
+        queries = queries.view(keys.shape[0], 1, -1, queries.shape[-1])
+        mask = None if mask is None else mask.repeat(runs[-1].count, 1)
     if lse is None:
         attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
     else:
