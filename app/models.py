@@ -81,8 +81,10 @@ class ModelCache:
 
     def get(self, model: str | None, method: MethodSpec) -> DiffusionPipeline:
         """The pipeline of ``method`` on ``model``, loaded (or built from a loaded sibling) once."""
-        self.checked(model, method)  # the family check, before anything loads
-        source, pipeline_class = self.resolve(model).source, method.pipeline_class()
+        source, family = self.checked(model, method)  # the family check, before anything loads
+        pipeline_class = method.pipeline_class()
+        # the family's variant: from_pipe on a loaded sibling does not pick it as from_pretrained does
+        pipeline_class = getattr(pipeline_class, "variant_for", lambda family: pipeline_class)(family)
         with self._lock:
             pipelines = self._models.setdefault(source, {})
             self._models.move_to_end(source)
@@ -95,7 +97,8 @@ class ModelCache:
     def image_pipeline(self, model: str | None, method: MethodSpec) -> DiffusionPipeline:
         """:meth:`get`, then a clear error unless the model's native image size fits this server's pixel cap."""
         pipe = self.get(model, method)
-        side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
+        side = (getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size) * pipe.vae_scale_factor
         self.limits.check_pixels(side, side, "The model's image size")
         return pipe
 

@@ -3,6 +3,7 @@ server's time limit per request."""
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 import torch
+from attnctl.pipelines.base import parent_pipeline
 
 from .validation import seeded_generator, user_error, user_errors
 
@@ -28,6 +30,14 @@ def step_progress(
         return tensors
 
     return on_step_end
+
+
+def progress_callback(pipe: Any, on_step_end: Callable[..., dict]) -> dict[str, Any]:
+    """The ``__call__`` arguments that run ``on_step_end`` after every step: ``callback_on_step_end``, or on a
+    pipeline whose family has only diffusers' legacy ``callback`` (PixArt-Sigma) that, every step."""
+    if "callback_on_step_end" in inspect.signature(parent_pipeline(type(pipe)).__call__).parameters:
+        return {"callback_on_step_end": on_step_end}
+    return {"callback": lambda step, timestep, latents: on_step_end(pipe, step, timestep, {}), "callback_steps": 1}
 
 
 def watched_modules(pipe: Any) -> list[torch.nn.Module]:
@@ -74,7 +84,7 @@ def staged_runs(
                 **arguments,
                 generator=seeded_generator(seed),
                 num_inference_steps=steps,
-                callback_on_step_end=step_progress(progress, stage, index * steps, len(stages) * steps),
+                **progress_callback(pipe, step_progress(progress, stage, index * steps, len(stages) * steps)),
             )
         seconds[stage] = round(time.perf_counter() - started, 3)
     return results, seconds

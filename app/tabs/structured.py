@@ -22,7 +22,7 @@ from attnctl.structured import STRUCT_MODES
 
 from ..heatmaps import token_overlays
 from ..models import MODEL_QUEUE, ModelCache, model_event
-from ..progress import staged_runs, step_progress, time_limited
+from ..progress import progress_callback, staged_runs, step_progress, time_limited
 from ..validation import (
     capped,
     phrase_lines,
@@ -148,15 +148,16 @@ def generate_binding(
             results.append(pipe(
                 prompt, negative_prompt=negative.strip() or None, return_attention_maps=True,
                 generator=seeded_generator(seed), num_inference_steps=steps, guidance_scale=values["guidance"],
-                callback_on_step_end=step_progress(progress, stage, index * steps, 2 * steps), **arguments,
+                **progress_callback(pipe, step_progress(progress, stage, index * steps, 2 * steps)), **arguments,
             ))
         seconds[stage] = round(time.perf_counter() - started, 3)
     excite, syngen = results
     tokens = excite.attention_maps[0].tokens
+    before = pipe.special_tokens()[0]  # key position of the first word: 1 after CLIP's start token, 0 for T5
     details = {
         "model": models.describe(model, ATTEND_EXCITE),
         "seed": int(seed),
-        "subjects": [[tokens[i - 1] for i in subject] for subject in excite.token_indices[0]],
+        "subjects": [[tokens[i - before] for i in subject] for subject in excite.token_indices[0]],
         "modifier_sets": [{"noun": s.noun.text, "modifiers": [m.text for m in s.modifiers]}
                           for s in syngen.modifier_sets[0]],
         "seconds": seconds,

@@ -43,4 +43,5 @@ SPEC = MethodSpec(
     ),
     converters={"thresholds": Converter(("thresholds",), loop_indices)},
     record=subjects_record,
+    capability="binding",
 )

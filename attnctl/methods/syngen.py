@@ -27,4 +27,5 @@ SPEC = MethodSpec(
         Param("num_intervention_steps", "steps with a latent update", "num_intervention_steps", default="25"),
     ),
     record=sets_record,
+    capability="binding",
 )

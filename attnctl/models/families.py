@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 #: Capabilities a family may have: per-token attention maps plus every ``attnctl generate --method``.
-CAPABILITIES = ("attention_maps", "structured", "regional", "compose", "freeswim")
+CAPABILITIES = ("attention_maps", "structured", "regional", "compose", "freeswim", "binding")
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,13 @@ _VIDEO_ONLY = "FreeSwim is a video method (Wan's windowed self-attention over fr
 _T2I = frozenset({"attention_maps", "structured", "regional"})
 _WAN_NA = {
     "structured": "video family: attnctl's structured guidance is defined for text-to-image pipelines",
+    "binding": "video family: Attend-and-Excite and SynGen are text-to-image pipelines",
     "regional": "video family: boxes are defined on one image grid, not on frames",
     "compose": "PrimeComposer composes one image into a background image",
 }
+_BINDING_JOINT = ("not implemented: Attend-and-Excite's and SynGen's gradient maps read cross-attention layers; joint "
+                  "attention needs its image-query x text-key block renormalised and the family's own loop "
+                  "(docs/binding.md)")
 _COMPOSE_JOINT = ("PrimeComposer injects self-attention logits (image x image); joint attention has one softmax "
                   "over image and text tokens, so an injection there changes the text weights too "
                   "(docs/composer.md)")
@@ -83,24 +87,24 @@ FAMILIES: dict[str, Family] = {
         Family("sd", "Stable Diffusion 1.x/2.x",
                ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
                "StableDiffusionPipeline", "unet", ("UNet2DConditionModel",), "cross",
-               _T2I | {"compose"}, {"freeswim": _VIDEO_ONLY}),
+               _T2I | {"compose", "binding"}, {"freeswim": _VIDEO_ONLY}),
         Family("sdxl", "Stable Diffusion XL",
                ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
                 "StableDiffusionXLInpaintPipeline"),
                "StableDiffusionXLPipeline", "unet", ("UNet2DConditionModel",), "cross",
-               _T2I | {"compose"}, {"freeswim": _VIDEO_ONLY}),
+               _T2I | {"compose", "binding"}, {"freeswim": _VIDEO_ONLY}),
         Family("sd3", "Stable Diffusion 3/3.5",
                ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
                "StableDiffusion3Pipeline", "transformer", ("SD3Transformer2DModel",), "joint",
-               _T2I, {"compose": _COMPOSE_JOINT, "freeswim": _VIDEO_ONLY}),
+               _T2I, {"compose": _COMPOSE_JOINT, "freeswim": _VIDEO_ONLY, "binding": _BINDING_JOINT}),
         Family("flux", "Flux.1",
                ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
                "FluxPipeline", "transformer", ("FluxTransformer2DModel",), "joint",
-               _T2I, {"compose": _COMPOSE_JOINT, "freeswim": _VIDEO_ONLY}),
+               _T2I, {"compose": _COMPOSE_JOINT, "freeswim": _VIDEO_ONLY, "binding": _BINDING_JOINT}),
         Family("pixart", "PixArt-Sigma",
                ("PixArtSigmaPipeline",),
                "PixArtSigmaPipeline", "transformer", ("PixArtTransformer2DModel",), "cross",
-               _T2I, {"compose": "attnctl's PrimeComposer is built on the SD img2img pipeline and its "
+               _T2I | {"binding"}, {"compose": "attnctl's PrimeComposer is built on the SD img2img pipeline and its "
                       "DPM-Solver inversion; PixArt has no img2img pipeline in diffusers",
                       "freeswim": _VIDEO_ONLY}),
         Family("wan-t2v", "Wan 2.1/2.2 text-to-video",

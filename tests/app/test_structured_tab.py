@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from attnctl.app.limits import Limits
+from attnctl.app.models import ModelCache
+from attnctl.app.tabs.structured import generate_binding
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from attnctl import StructuredDiffusionPipeline
+from attnctl.methods.attend_excite import SPEC as ATTEND_EXCITE
+from attnctl.methods.structured import SPEC as STRUCTURED
 from attnctl.structured import load_english_pipeline
 
 PROMPT = "a red circle and a blue square"
@@ -114,3 +119,17 @@ def test_binding_methods_come_from_the_same_seed_with_heat_maps(client, tiny_sd_
                                         {"noun": "square", "modifiers": ["blue"]}]
     for gallery in (excite_maps, syngen_maps):
         assert [item["caption"] for item in gallery] == ["a", "red", "circle", "and", "a (2)", "blue", "square"]
+
+
+def test_binding_and_structured_on_sdxl_and_the_family_variant_from_a_loaded_sibling(tiny_sdxl_path, tiny_pixart_path):
+    """The tab's functions on families other than SD: SDXL runs both binding methods with subjects read at the
+    right key positions; a method loaded from a cached sibling is the family's variant (from_pipe does not pick
+    it), and the native size is read from a transformer too."""
+    models = ModelCache(limits=Limits())
+    *images, details = generate_binding(models, str(tiny_sdxl_path), "a red circle and a blue square", "", 0, 2, 4.0,
+                                        progress=lambda *args, **kwargs: None)
+    assert details["subjects"] == [["circle"], ["square"]]
+    assert "Stable Diffusion XL" in details["model"]
+    pixart = str(tiny_pixart_path)
+    assert type(models.image_pipeline(pixart, STRUCTURED)).__name__ == "StructuredPixArtSigmaPipeline"
+    assert type(models.get(pixart, ATTEND_EXCITE)).__name__ == "AttendAndExcitePixArtSigmaPipeline"

@@ -70,12 +70,15 @@ def test_capabilities_have_a_reason_wherever_they_do_not_apply():
 
 
 def test_the_table_matches_the_pipelines_variants():
+    from attnctl.pipelines.attend_excite import AttendExciteMethod
     from attnctl.pipelines.composer import ComposerMethod
     from attnctl.pipelines.regional import RegionalMethod
     from attnctl.pipelines.structured import StructuredMethod
+    from attnctl.pipelines.syngen import SynGenMethod
 
     names = lambda capability: {f.name for f in families_supporting(capability)}  # noqa: E731
     assert names("regional") == set(RegionalMethod._variants)
     assert names("compose") == set(ComposerMethod._variants)
     assert names("structured") == set(StructuredMethod._variants)
+    assert names("binding") == set(AttendExciteMethod._variants) == set(SynGenMethod._variants)
     assert names("attention_maps") >= set(StructuredMethod._variants)  # maps come with the structured variants
