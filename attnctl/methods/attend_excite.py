@@ -34,7 +34,7 @@ SPEC = MethodSpec(
     "attend-excite", "Attend-and-Excite", pipeline, "image",
     "Attend-and-Excite",
     params=(
-        Param("token_indices", "subject token indices (start token = 0)", "token_indices",
+        Param("token_indices", "subject key positions (CLIP: start token 0, first word 1; T5: first word 0)", "token_indices",
               Json(list, "[2, 5]"), default="the nouns heading the parsed noun phrases"),
         Param("max_iter_to_alter", "steps with a latent update", "max_iter_to_alter", default="25"),
         Param("scale_factor", "gradient step size (0 = stock)", "scale_factor", default="20"),
