@@ -82,9 +82,11 @@ class ModelCache:
     def get(self, model: str | None, method: MethodSpec) -> DiffusionPipeline:
         """The pipeline of ``method`` on ``model``, loaded (or built from a loaded sibling) once."""
         source, family = self.checked(model, method)  # the family check, before anything loads
+        from attnctl.pipelines.base import FamilyPipelineMixin  # loaded with the pipeline class anyway
+
         pipeline_class = method.pipeline_class()
-        # the family's variant: from_pipe on a loaded sibling does not pick it as from_pretrained does
-        pipeline_class = getattr(pipeline_class, "variant_for", lambda family: pipeline_class)(family)
+        if issubclass(pipeline_class, FamilyPipelineMixin):  # from_pipe does not pick it as from_pretrained does
+            pipeline_class = pipeline_class.variant_for(family)
         with self._lock:
             pipelines = self._models.setdefault(source, {})
             self._models.move_to_end(source)

@@ -3,7 +3,6 @@ server's time limit per request."""
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -11,7 +10,8 @@ from typing import Any
 
 import gradio as gr
 import torch
-from attnctl.pipelines.base import parent_pipeline
+
+from attnctl.guidance.pipeline import takes_step_end_callback
 
 from .validation import seeded_generator, user_error, user_errors
 
@@ -35,7 +35,7 @@ def step_progress(
 def progress_callback(pipe: Any, on_step_end: Callable[..., dict]) -> dict[str, Any]:
     """The ``__call__`` arguments that run ``on_step_end`` after every step: ``callback_on_step_end``, or on a
     pipeline whose family has only diffusers' legacy ``callback`` (PixArt-Sigma) that, every step."""
-    if "callback_on_step_end" in inspect.signature(parent_pipeline(type(pipe)).__call__).parameters:
+    if takes_step_end_callback(pipe):
         return {"callback_on_step_end": on_step_end}
     return {"callback": lambda step, timestep, latents: on_step_end(pipe, step, timestep, {}), "callback_steps": 1}
 

@@ -644,11 +644,14 @@ def _integer_kind(kind: Any) -> bool:
 
 
 def whole_numbers(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """``arguments`` with every whole float of an integer argument (``num_inference_steps=20.0``, ``height=64.0``,
-    as web forms send them; :func:`check_call` accepts them) made an ``int``: diffusers indexes and shapes
-    tensors with these, and a float fails deep inside it."""
-    return {name: int(value) if isinstance(value, float) and (_integer_kind(ARGUMENT_KINDS.get(name)) or name in SIDES)
-            else value for name, value in arguments.items()}
+    """``arguments`` (checked by :func:`check_call`) with every integer argument made a plain ``int``: a whole
+    float (``num_inference_steps=20.0``, ``height=64.0``, as web forms send them) or a numpy integer. diffusers
+    indexes and shapes tensors with these, and a float fails deep inside it."""
+
+    def integer(name: str, value: Any) -> bool:
+        return value is not None and type(value) is not int and (_integer_kind(ARGUMENT_KINDS.get(name)) or name in SIDES)
+
+    return {name: int(value) if integer(name, value) else value for name, value in arguments.items()}
 
 
 def check_call(pipe: Any, arguments: Mapping[str, Any]) -> None:

@@ -44,7 +44,7 @@ from diffusers.pipelines.wan.pipeline_wan_video2video import retrieve_latents
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from attnctl.checks import check_call, pixel_multiple, video_frames
+from attnctl.checks import check_call, pixel_multiple, video_frames, whole_numbers
 from attnctl.core import AttentionController
 from attnctl.freeswim import DUAL, FreeSwimConfig, FreeSwimState, freeswim_controls, freeswim_pass
 from attnctl.freeswim.wan_processor import TEXT_TOKENS, wan_processor_factory
@@ -301,13 +301,14 @@ class FreeSwimStages:
             :class:`FreeSwimPipelineOutput`, or ``(frames, native_frames)`` with ``return_dict=False``.
         """
         check_call(self, locals())  # every argument, before any model runs
-        # whole floats (64.0, as web forms send) pass the checks; diffusers' shapes need ints
+        whole = whole_numbers(locals())  # 64.0 (as web forms send) passes the checks; diffusers' shapes need ints
         height, width, native_height, native_width, num_frames, num_inference_steps, cache_interval = (
-            None if v is None else int(v)
-            for v in (height, width, native_height, native_width, num_frames, num_inference_steps, cache_interval)
+            whole[name] for name in ("height", "width", "native_height", "native_width", "num_frames",
+                                     "num_inference_steps", "cache_interval")
         )
-        native_num_inference_steps = native_num_inference_steps and int(native_num_inference_steps)
-        num_videos_per_prompt = num_videos_per_prompt and int(num_videos_per_prompt)
+        native_num_inference_steps, num_videos_per_prompt = (
+            whole["native_num_inference_steps"], whole["num_videos_per_prompt"]
+        )
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         self.check_freeswim_inputs(

@@ -20,6 +20,7 @@ anything raises (:mod:`attnctl.pipelines.guided`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -36,8 +37,14 @@ def _is_xl(pipe: Any) -> bool:
     return hasattr(pipe, "text_encoder_2")
 
 
+def takes_step_end_callback(pipe: Any) -> bool:
+    """Whether ``pipe.__call__`` takes ``callback_on_step_end``; PixArt-Sigma's has only diffusers' legacy
+    ``callback(step, timestep, latents)``."""
+    return "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters
+
+
 def _is_transformer(pipe: Any) -> bool:
-    """PixArt-Sigma: a transformer denoiser and the legacy step callback."""
+    """PixArt-Sigma: a transformer denoiser (called as :func:`_transformer_forward` adapts it)."""
     return getattr(pipe, "unet", None) is None and hasattr(pipe, "transformer")
 
 
@@ -152,7 +159,7 @@ def _legacy_callback(user: Any, every: int, guide: LatentGuide, timesteps: torch
 
 def _step_arguments(pipe: Any, call: Mapping[str, Any], guide: LatentGuide, timesteps: torch.Tensor) -> dict:
     """The parent arguments that guide every step after the first."""
-    if _is_transformer(pipe):
+    if not takes_step_end_callback(pipe):
         if pipe.scheduler.order != 1:
             raise ValueError(f"scheduler={type(pipe.scheduler).__name__} takes {pipe.scheduler.order} model calls "
                              "per step; PixArt's step callback then skips loop indices: use a first-order "

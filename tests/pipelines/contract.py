@@ -19,6 +19,7 @@ import pytest
 import torch
 from attnctl.pipelines.base import FamilyPipelineMixin, parent_pipeline
 
+from attnctl.guidance.pipeline import takes_step_end_callback
 from attnctl.models.families import detect_family
 from attnctl.models.tiny_families import TINY_MAX_SEQUENCE_LENGTH
 
@@ -92,16 +93,11 @@ class PipelineContract:
         """The class ``pipeline_class.from_pretrained(path)`` must return: the method's variant for the family."""
         return self.pipeline_class.variant_for(detect_family(path))
 
-    @staticmethod
-    def has_step_end_callback(pipe) -> bool:
-        """Whether the parent takes ``callback_on_step_end`` (PixArt-Sigma has only the legacy ``callback``)."""
-        return "callback_on_step_end" in inspect.signature(parent_pipeline(type(pipe)).__call__).parameters
-
     def failing_callback(self, pipe) -> dict[str, Any]:
         def explode(*args):
             raise RuntimeError("stop at step 0")
 
-        return {"callback_on_step_end" if self.has_step_end_callback(pipe) else "callback": explode}
+        return {"callback_on_step_end" if takes_step_end_callback(pipe) else "callback": explode}
 
     def processors_are_stock(self, pipe) -> bool:
         """Whether every attention processor of every denoiser (Wan 2.2: both transformers) is diffusers' own."""
@@ -131,7 +127,7 @@ class PipelineContract:
         assert torch.equal(self.media(loaded, self.control_on), self.media(pipe, self.control_on))
 
     def test_contract_callback_on_step_end_sees_every_step_and_its_tensors(self, pipe):
-        if not self.has_step_end_callback(pipe):  # refused, never silently dropped into the parent's **kwargs
+        if not takes_step_end_callback(pipe):  # refused, never silently dropped into the parent's **kwargs
             with pytest.raises(ValueError, match="has no callback_on_step_end"):
                 self.run(pipe, self.control_on, callback_on_step_end=lambda *args: {})
             return
@@ -156,7 +152,7 @@ class PipelineContract:
 
     def test_contract_bad_arguments_are_clear_value_errors(self, pipe):
         cases = list(self.bad_arguments)
-        if self.has_step_end_callback(pipe):
+        if takes_step_end_callback(pipe):
             cases.append((dict(callback_on_step_end_tensor_inputs=["no_such_tensor"]), "no_such_tensor"))
         for kwargs, message in cases:
             with pytest.raises(ValueError, match=message):
