@@ -38,9 +38,10 @@ def _is_xl(pipe: Any) -> bool:
 
 
 def takes_step_end_callback(pipe: Any) -> bool:
-    """Whether ``pipe.__call__`` takes ``callback_on_step_end``; PixArt-Sigma's has only diffusers' legacy
-    ``callback(step, timestep, latents)``."""
-    return "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters
+    """Whether the diffusers pipeline ``pipe`` runs (its class or first diffusers base) takes
+    ``callback_on_step_end``; PixArt-Sigma's has only the legacy ``callback(step, timestep, latents)``."""
+    stock = next(c for c in type(pipe).__mro__ if c.__module__.startswith("diffusers.pipelines."))
+    return "callback_on_step_end" in inspect.signature(stock.__call__).parameters
 
 
 def _is_transformer(pipe: Any) -> bool:
