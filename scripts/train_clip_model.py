@@ -8,8 +8,10 @@ Two phases, each resumable (checkpoints every few minutes and at the end of a ph
      With ``--init-unet`` (the default) the UNet starts from the default model's UNet, its cross-attention
      key and value projections composed with a least-squares map from CLIP token states to the default
      text encoder's (CPU time here allows only a short fine-tune, not training from scratch).
-Training captions cover every colour pair; the compositions of ``attnctl.shapes.compositions`` are held out
-(their attribute-swapped twins are seen). Every batch is a pure function of (seed, phase, step).
+The CLIP sees every scene (``sample_any_scene``: nothing held out, as SD's CLIP saw far more than SD's
+images). The denoiser's captions cover every colour pair, with the compositions of
+``attnctl.shapes.compositions`` (their attribute-swapped twins are seen) and the quality bar's single-object
+captions held out. Every batch is a pure function of (seed, phase, step).
 Finally the UNet's EMA weights, the text tower, tokenizer and VAE are exported as a diffusers
 ``StableDiffusionPipeline`` (safetensors); the whole CLIP goes in its ``clip/`` subfolder for the probes.
 
@@ -45,12 +47,15 @@ from attnctl.models.training import (
 )
 from attnctl.shapes.compositions import sample_composition_training_scene
 from attnctl.shapes.render import render_batch
+from attnctl.shapes.scene import sample_any_scene
 
 
 def training_batch(seed: int, phase: str, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
-    """Rendered training scenes (batch, 3, 64, 64) in [-1, 1] and their captions."""
+    """Rendered training scenes (batch, 3, 64, 64) in [-1, 1] and their captions: any scene for the CLIP
+    phase, the denoiser's training scenes (held-out compositions and captions left out) otherwise."""
     rng = batch_rng(seed, phase, step)
-    scenes = [sample_composition_training_scene(rng) for _ in range(batch_size)]
+    sampler = sample_any_scene if phase == "clip" else sample_composition_training_scene
+    scenes = [sampler(rng) for _ in range(batch_size)]
     return torch.from_numpy(render_batch(scenes)), [scene.caption for scene in scenes]
 
 

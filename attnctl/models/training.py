@@ -118,9 +118,14 @@ def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, step: int, ma
         ema_param.lerp_(param, 1 - decay)
 
 
-def learning_rate(step: int, base: float, warmup: int) -> float:
-    """Linear warm-up to ``base``, then constant (the EMA does the averaging)."""
-    return base * min(1.0, (step + 1) / warmup)
+def learning_rate(step: int, base: float, warmup: int, decay: tuple[int, int] | None = None) -> float:
+    """Linear warm-up to ``base``, then constant (the EMA does the averaging); with ``decay=(start, total)``
+    a half-cosine from ``base`` at step ``start`` down to 0 at step ``total``."""
+    rate = base * min(1.0, (step + 1) / warmup)
+    if decay is not None and step >= decay[0]:
+        progress = (step - decay[0]) / max(1, decay[1] - decay[0])
+        rate *= 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return rate
 
 
 class Checkpointer:
@@ -237,6 +242,7 @@ def train_denoiser(
     params = [p for model in models.values() for p in model.parameters()]
     optimizer = resume_optimizer(torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01), state, "optimizer")
     total = args.unet_steps
+    decay = None if args.decay_start is None else (args.decay_start, total)
     steps = PhaseSteps("unet", state["step"], total, deadline)
     for step in steps:
         images, captions = batch(step)
@@ -246,7 +252,7 @@ def train_denoiser(
             text_states = encode_captions(tokenizer, text_encoder, captions)
         loss = diffusion_loss(unet, vae, text_states, images, generator, noise_scheduler)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.lr, args.warmup)
+            group["lr"] = learning_rate(step, args.lr, args.warmup, decay)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -299,6 +305,9 @@ def training_parser(description: str, out: Path, **unet_defaults) -> argparse.Ar
     parser.add_argument("--lr", type=float, default=unet_defaults["lr"])
     parser.add_argument("--warmup", type=int, default=unet_defaults["warmup"])
     parser.add_argument("--ema-decay", type=float, default=unet_defaults["ema_decay"])
+    parser.add_argument(
+        "--decay-start", type=int, default=None, help="UNet step where the learning rate starts a cosine to 0"
+    )
     parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this long")
     return parser

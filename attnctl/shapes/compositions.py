@@ -23,6 +23,7 @@ from .scene import (
     SHAPES,
     Scene,
     indefinite_article,
+    sample_layout,
     sample_scene,
 )
 
@@ -56,8 +57,7 @@ def is_training_composition(objects: Iterable[tuple[str, str]]) -> bool:
 
 def sample_composition_training_scene(rng: np.random.Generator) -> Scene:
     """One training scene: 1-3 objects (40/45/15%), any colour pair, no held-out composition or caption."""
-    num_objects = int(rng.choice([1, 2, 3], p=[0.4, 0.45, 0.15]))
-    relation = str(rng.choice(RELATIONS)) if num_objects == 2 and rng.random() < 0.6 else "and"
+    num_objects, relation = sample_layout(rng)
     while True:
         scene = sample_scene(rng, num_objects, relation)
         if is_training_composition((obj.colour, obj.shape) for obj in scene.objects):

@@ -159,10 +159,25 @@ def sample_scene(
     raise ValueError(f"could not place colours={colours} shapes={shapes} sizes={sizes} without overlap")
 
 
-def sample_training_scene(rng: np.random.Generator) -> Scene:
-    """One training scene: 1-3 objects (40/45/15%), no held-out colour pair, no held-out caption."""
+def sample_layout(rng: np.random.Generator) -> tuple[int, str]:
+    """A captioned scene's object count (1-3: 40/45/15%) and relation (any of ``RELATIONS`` in 60% of two-object
+    scenes, else ``"and"``)."""
     num_objects = int(rng.choice([1, 2, 3], p=[0.4, 0.45, 0.15]))
     relation = str(rng.choice(RELATIONS)) if num_objects == 2 and rng.random() < 0.6 else "and"
+    return num_objects, relation
+
+
+def sample_any_scene(rng: np.random.Generator) -> Scene:
+    """A captioned scene with nothing held out (every colour pair, composition and caption).
+
+    What a text encoder pretrained beyond the denoiser's data sees, as Stable Diffusion's CLIP saw far more than
+    SD's training images: the held-out sets are held out of the denoiser only."""
+    return sample_scene(rng, *sample_layout(rng))
+
+
+def sample_training_scene(rng: np.random.Generator) -> Scene:
+    """One training scene: 1-3 objects (40/45/15%), no held-out colour pair, no held-out caption."""
+    num_objects, relation = sample_layout(rng)
     while True:
         colours = tuple(str(c) for c in rng.choice(COLOURS, size=num_objects, replace=False))
         if is_training_colour_set(set(colours)):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from attnctl.models.contrastive import build_clip, clip_step_loss, contrastive_loss, twin_retrieval
-from attnctl.models.training import Checkpointer, build_tokenizer, encode_captions, tokenize
+from attnctl.models.training import Checkpointer, build_tokenizer, encode_captions, learning_rate, tokenize
 from attnctl.shapes.compositions import (
     HELD_OUT_COMPOSITIONS,
     held_out_composition_prompts,
@@ -94,6 +94,18 @@ def test_prompt_sets_twins_and_reorderings():
     assert reordered(left) == "a red square to the right of a green circle"
     assert sorted(left.prompt.split()) == sorted(swapped_twin_prompt(left).prompt.split())  # same bag of words
     assert {frozenset(p.objects) for p in seen} == {swapped(h) for h in HELD_OUT_COMPOSITIONS}
+
+
+def test_learning_rate_warms_up_then_decays_on_a_half_cosine():
+    assert learning_rate(0, 1.0, 10) == pytest.approx(0.1)
+    assert learning_rate(500, 1.0, 10) == 1.0  # constant without a decay
+    decay = (100, 300)
+    assert learning_rate(99, 1.0, 10, decay) == 1.0
+    assert learning_rate(100, 1.0, 10, decay) == 1.0
+    assert learning_rate(200, 1.0, 10, decay) == pytest.approx(0.5)
+    assert learning_rate(300, 1.0, 10, decay) == pytest.approx(0.0, abs=1e-12)
+    rates = [learning_rate(step, 1.0, 10, decay) for step in range(100, 301)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
 
 
 def test_checkpoints_load_weights_only(tmp_path):

@@ -13,6 +13,7 @@ from attnctl.shapes.scene import (
     HELD_OUT_SINGLE_CAPTIONS,
     IMAGE_SIZE,
     is_training_colour_set,
+    sample_any_scene,
     sample_codec_scene,
     sample_scene,
     sample_training_scene,
@@ -96,3 +97,15 @@ def test_codec_scenes_include_the_held_out_pairs():
     rng = np.random.default_rng(0)
     colour_sets = [{obj.colour for obj in sample_codec_scene(rng).objects} for _ in range(500)]
     assert not all(is_training_colour_set(colours) for colours in colour_sets)
+
+
+def test_any_scene_holds_nothing_out_and_keeps_the_training_layouts():
+    """The CLIP phase's scenes: held-out colour pairs and single captions appear, with the training relations."""
+    rng = np.random.default_rng(0)
+    scenes = [sample_any_scene(rng) for _ in range(3000)]
+    assert any(not is_training_colour_set({obj.colour for obj in scene.objects}) for scene in scenes)
+    assert {scene.caption for scene in scenes} & set(HELD_OUT_SINGLE_CAPTIONS)
+    counts = np.bincount([len(scene.objects) for scene in scenes], minlength=4)[1:] / len(scenes)
+    np.testing.assert_allclose(counts, [0.4, 0.45, 0.15], atol=0.03)
+    two = [scene for scene in scenes if len(scene.objects) == 2]
+    assert 0.42 < sum(scene.relation != "and" for scene in two) / len(two) < 0.54  # 60% x 4 of 5 RELATIONS
