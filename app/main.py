@@ -62,7 +62,7 @@ def build_app(model: str | None = None, video_model: str | None = None, limits: 
                 model,
                 "Image model",
                 placeholder="empty: the embedded default model",
-                info="Stable Diffusion 1.x/2.x: a diffusers folder, a hub id (org/name) or `clip`",
+                info="Stable Diffusion 1.x/2.x: a diffusers folder, a hub id (org/name) or the embedded `joint`",
             )
             video_model_box = _model_box(
                 video_model,

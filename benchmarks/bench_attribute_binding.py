@@ -1,11 +1,11 @@
 """Attribute binding on an embedded model: stock vs every binding method in ``METHODS``, side by side.
 
 Prompt sets (``--sets``, ``--prompts N`` of each evenly spread):
-- ``held-out-pairs``: the default model's 360 two-object prompts whose colour pair never appeared together
+- ``held-out-pairs``: the ``joint`` model's 360 two-object prompts whose colour pair never appeared together
   in its training (``attnctl.shapes.evaluation.held_out_binding_prompts``);
-- ``held-out-compositions`` / ``seen-twins``: the CLIP model's 180 prompts of compositions held out of its
-  training, and their attribute-swapped twins, which it saw (``attnctl.shapes.compositions``); prompt i of
-  one set is the twin of prompt i of the other, with the same seeds.
+- ``held-out-compositions`` / ``seen-twins`` (the default sets): the default (CLIP) model's 180 prompts of
+  compositions held out of its denoiser's training, and their attribute-swapped twins, which it saw
+  (``attnctl.shapes.compositions``); prompt i of one set is the twin of prompt i of the other, same seeds.
 The methods run at the same time, one process each, and draw the same (prompt, seed) jobs from the same
 initial noise. An image counts as bound when the checker finds both requested objects, each in its own
 colour, and as leaked when it shows a requested shape in the other object's colour. Reports rates with
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from scipy.stats import binomtest
 
-from attnctl.cli.common import model_argument
+from attnctl.cli.common import model_argument, model_help
 from attnctl.shapes.checker import detect_shapes
 from attnctl.shapes.compositions import held_out_composition_prompts, seen_twin_prompts
 from attnctl.shapes.evaluation import (
@@ -142,10 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model", default=None, help=model_help("default"))
     parser.add_argument(
-        "--model", default=None, help="pipeline folder or embedded alias default/clip (default: default)"
+        "--sets", nargs="+", default=["held-out-compositions", "seen-twins"], choices=list(PROMPT_SETS),
+        help="prompt sets (default: the default model's held-out compositions and their seen twins)",
     )
-    parser.add_argument("--sets", nargs="+", default=["held-out-pairs"], choices=list(PROMPT_SETS))
     parser.add_argument(
         "--prompts", type=int, default=None, help="N prompts of each set, evenly spread (default: all)"
     )

@@ -40,7 +40,7 @@ import torch
 from scipy import ndimage
 from scipy.stats import binomtest
 
-from attnctl.models.default import default_model_path
+from attnctl.cli.common import model_argument, model_help
 from attnctl.shapes.checker import PALETTE_NAMES, Detection, colour_labels, detect_shapes
 from attnctl.shapes.evaluation import wilson_interval
 
@@ -240,7 +240,7 @@ def report(name: str, outcomes: list[dict], singles: list[dict], stock: tuple | 
     return row
 
 
-def compare(model: Path, configs: dict, jobs: list[dict], singles: list[dict], attention: int, processes: int,
+def compare(model: str, configs: dict, jobs: list[dict], singles: list[dict], attention: int, processes: int,
             threads: int) -> dict:
     """Run every configuration (``configs["stock"]`` is None) on the same jobs and report them side by side."""
     tasks = [(model, name, settings, jobs, singles, threads) for name, settings in configs.items()]
@@ -269,7 +269,7 @@ def compare(model: Path, configs: dict, jobs: list[dict], singles: list[dict], a
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="pipeline directory (default: the shipped one)")
+    parser.add_argument("--model", default=None, help=model_help("default"))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--jobs", type=int, default=32, help="N of the 96 two-object jobs, evenly spread")
     parser.add_argument("--singles", type=int, default=8, help="the first N of the 12 single-object jobs")
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = every[:: len(every) // args.jobs][: args.jobs]  # evenly spread: every pair, layout and word order
     configs = TUNING if args.tune else {name: CONFIGS[name] for name in args.configs}
     singles = single_object_jobs(args.seed_offset)[: args.singles]
-    results = compare(args.model or default_model_path(), configs, jobs, singles, args.attention, args.processes,
+    results = compare(model_argument(args.model), configs, jobs, singles, args.attention, args.processes,
                       args.threads)
     text = json.dumps(results, indent=1)
     print(text)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from attnctl.cli.common import model_argument
+from attnctl.cli.common import model_argument, model_help
 from attnctl.shapes.checker import detect_shapes
 from attnctl.shapes.evaluation import (
     all_objects_drawn,
@@ -61,9 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model", default=None, help="pipeline folder or embedded alias default/clip (default: default)"
-    )
+    parser.add_argument("--model", default=None, help=model_help("default"))
     parser.add_argument("--seeds", type=int, default=10, help="samples per held-out prompt")
     parser.add_argument("--bar", type=float, default=0.85, help="the quality bar on the 'drawn' rate")
     parser.add_argument("--steps", type=int, default=20)

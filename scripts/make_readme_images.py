@@ -1,4 +1,5 @@
-"""Render the README's figures from the embedded default model.
+"""Render the README's figures from the ``joint`` embedded model (the README's method tables were measured on it;
+docs/default-model.md says why).
 
     python scripts/make_readme_images.py [--out docs/images] [--steps 20] [--guidance 4] [--only NAME ...]
 
@@ -34,6 +35,7 @@ PROMPTS = [
 ]
 LAYOUT_JOBS = Path(__file__).resolve().parents[1] / "examples" / "demo-layout.jsonl"
 SCALE = 2
+README_MODEL = "joint"
 
 # column label -> (pipeline class name, keyword arguments given the number of steps)
 Columns = list[tuple[str, str, Callable[[int], dict]]]
@@ -85,7 +87,7 @@ def _draw_boxes(image: Image.Image, boxes: list[tuple[float, ...]]) -> Image.Ima
 def comparison_grid(rows: list[tuple[str, int, dict]], columns: Columns, steps: int, guidance: float,
                     boxes: list[list[tuple[float, ...]]] | None = None) -> Image.Image:
     """One row per ``(prompt, seed, extra call arguments)``, one column per method, all from the row's seed."""
-    model, pipes = str(default_model_path()), {}
+    model, pipes = str(default_model_path(README_MODEL)), {}
     grid_rows = []
     for index, (prompt, seed, extra) in enumerate(rows):
         cells = []
@@ -106,7 +108,7 @@ def comparison_grid(rows: list[tuple[str, int, dict]], columns: Columns, steps: 
 
 def heatmaps(steps: int, guidance: float) -> Image.Image:
     """The first prompt's image and its per-token cross-attention maps."""
-    pipe = attnctl.StructuredDiffusionPipeline.from_pretrained(default_model_path())
+    pipe = attnctl.StructuredDiffusionPipeline.from_pretrained(default_model_path(README_MODEL))
     pipe.set_progress_bar_config(disable=True)
     prompt, seed = PROMPTS[0]
     out = pipe(prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,

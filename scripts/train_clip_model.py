@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from attnctl.models.contrastive import build_clip, clip_step_loss
-from attnctl.models.default import DEFAULT_MODEL_DIR
+from attnctl.models.default import embedded_model_dir
 from attnctl.models.training import (
     MAX_TOKENS,
     Checkpointer,
@@ -161,13 +161,15 @@ def export(clip, tokenizer, vae, state: dict, directory: Path) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; the defaults are the configuration that produced the shipped model."""
     parser = training_parser(
-        __doc__, Path("outputs/train-clip"), unet_steps=600, batch_size=32, lr=3e-4, warmup=20, ema_decay=0.99
-    )
-    parser.add_argument("--vae", type=Path, default=DEFAULT_MODEL_DIR / "vae", help="frozen VAE folder")
-    parser.add_argument("--init-unet", type=Path, default=DEFAULT_MODEL_DIR, help="pipeline to start from")
+        __doc__, Path("outputs/train-clip"), unet_steps=3000, batch_size=32, lr=3e-4, warmup=20, ema_decay=0.995,
+        decay_start=1000,
+    )  # fmt: skip
+    joint = embedded_model_dir("joint")
+    parser.add_argument("--vae", type=Path, default=joint / "vae", help="frozen VAE folder")
+    parser.add_argument("--init-unet", type=Path, default=joint, help="pipeline to start from")
     parser.add_argument("--no-init-unet", dest="init_unet", action="store_const", const=None)
     parser.add_argument("--bridge-captions", type=int, default=512)
-    parser.add_argument("--clip-steps", type=int, default=80)
+    parser.add_argument("--clip-steps", type=int, default=3000)
     parser.add_argument("--clip-batch-size", type=int, default=128)
     parser.add_argument("--clip-lr", type=float, default=2e-3)
     parser.add_argument("--clip-warmup", type=int, default=20)

@@ -25,6 +25,13 @@ def quiet_import_notices() -> None:
         logger.addFilter(drop_torchvision_notice)
 
 
+def model_help(default: str = "the embedded default") -> str:
+    """``--model``'s help text, naming the embedded aliases (``attnctl.models.resolve.DEFAULT_ALIASES``)."""
+    from attnctl.models.resolve import DEFAULT_ALIASES
+
+    return f"diffusers folder, hub id, or embedded alias {'/'.join(DEFAULT_ALIASES)} (default: {default})"
+
+
 def model_argument(model: str | None, method: Any = None) -> str:
     """``--model`` as a loadable folder or hub id (none: the embedded default), checked against ``method``'s
     families when given (:mod:`attnctl.models.resolve`); errors are worded for the command line."""

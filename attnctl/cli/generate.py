@@ -14,7 +14,7 @@ from attnctl.batch.jobs import Job, JobError, parse_lines, read_job_file, valida
 from attnctl.batch.layouts import LAYOUTS
 from attnctl.batch.methods import METHODS
 
-from .common import EXIT_FAILED, EXIT_OK, model_argument
+from .common import EXIT_FAILED, EXIT_OK, model_argument, model_help
 
 EPILOG = """\
 examples:
@@ -48,9 +48,7 @@ def add_parser(commands: Any) -> None:
     source.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeat for several)")
     p.add_argument("--method", choices=list(METHODS), default="structured",
                    help="the pipeline (default: structured); methods and their fields are listed below")
-    p.add_argument(
-        "--model", help="diffusers folder, hub id, or embedded alias default/clip (default: the embedded default)"
-    )
+    p.add_argument("--model", help=model_help())
     p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
     p.add_argument("--layout", choices=LAYOUTS, default="flat", help="folder layout and file naming")
     p.add_argument("--seed", type=int, default=0, help="run seed; per-item seeds derive from it (default 0)")

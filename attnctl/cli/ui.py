@@ -6,7 +6,7 @@ import argparse
 import importlib
 from typing import Any
 
-from .common import EXIT_OK, model_argument
+from .common import EXIT_OK, model_argument, model_help
 
 
 def add_parser(commands: Any) -> None:
@@ -15,9 +15,7 @@ def add_parser(commands: Any) -> None:
         "ui", help="start the web UI (Gradio) on this machine",
         description="Start the attnctl Gradio app. It binds to 127.0.0.1 unless --host says otherwise.",
     )
-    p.add_argument(
-        "--model", help="diffusers folder, hub id, or embedded alias default/clip (default: the embedded default)"
-    )
+    p.add_argument("--model", help=model_help())
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link")

@@ -4,9 +4,10 @@ They ship as package data (``attnctl/assets/<folder>``, diffusers format, safete
 and the UI draw real images offline; see ``docs/default-model.md``. Each has a short alias that
 ``default_model_path(alias)``, the CLI's ``--model`` and the UI's model box accept:
 
-- ``default``: text encoder trained jointly with the UNet (``scripts/train_default_model.py``);
-- ``clip``: a tiny CLIP trained contrastively here, frozen under the UNet as Stable Diffusion's is
-  (``scripts/train_clip_model.py``); its binding failures have SD's cause.
+- ``default`` (also ``clip``): built as Stable Diffusion is, a tiny CLIP trained contrastively here and frozen
+  under the UNet (``scripts/train_clip_model.py``); the default since it drew better on the quality bar;
+- ``joint``: the previous default, its text encoder trained jointly with the UNet
+  (``scripts/train_joint_model.py``); the CLIP model reuses its VAE and starts from its UNet.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-DEFAULT_MODEL_DIR = ASSETS_DIR / "default-model"
 EMBEDDED_MODELS = {  # alias: (folder, script that rebuilds it)
-    "default": ("default-model", "train_default_model.py"),
+    "default": ("clip-model", "train_clip_model.py"),
     "clip": ("clip-model", "train_clip_model.py"),
+    "joint": ("joint-model", "train_joint_model.py"),
 }
 
 
@@ -25,13 +26,13 @@ def embedded_model_dir(alias: str) -> Path:
     """The folder an alias names (whether or not it is installed); ``ValueError`` for an unknown alias."""
     if alias not in EMBEDDED_MODELS:
         raise ValueError(f"model alias {alias!r}: embedded models are {', '.join(map(repr, EMBEDDED_MODELS))}")
-    return DEFAULT_MODEL_DIR if alias == "default" else ASSETS_DIR / EMBEDDED_MODELS[alias][0]
+    return ASSETS_DIR / EMBEDDED_MODELS[alias][0]
 
 
 def default_model_path(alias: str = "default") -> Path:
     """The shipped model's directory, ready for ``StableDiffusionPipeline.from_pretrained``.
 
-    ``alias`` is ``"default"`` or ``"clip"``; a missing folder raises ``FileNotFoundError`` naming the
+    ``alias`` is one of ``EMBEDDED_MODELS``; a missing folder raises ``FileNotFoundError`` naming the
     command that rebuilds it.
     """
     directory = embedded_model_dir(alias)

@@ -15,7 +15,7 @@ from typing import Any
 
 #: Names of the embedded models (no name at all means ``"default"``), unless a folder of that name exists;
 #: ``attnctl.models.default.EMBEDDED_MODELS`` lists them with their folders.
-DEFAULT_ALIASES = ("default", "clip")
+DEFAULT_ALIASES = ("default", "clip", "joint")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 

@@ -1,4 +1,4 @@
-"""Training pieces shared by the embedded models' scripts (``scripts/train_default_model.py``,
+"""Training pieces shared by the embedded models' scripts (``scripts/train_joint_model.py``,
 ``scripts/train_clip_model.py``): tokenizer, text and UNet configs, the denoiser's training loop with
 min-SNR weights and EMA, checkpoints loaded as weights only, and the diffusers export.
 
@@ -292,7 +292,8 @@ def save_pipeline(vae, text_encoder, tokenizer, unet, directory: Path) -> None:
 
 def training_parser(description: str, out: Path, **unet_defaults) -> argparse.ArgumentParser:
     """The options every training script has (output, seed, threads, UNet phase, checkpoints, time budget);
-    ``unet_defaults`` sets the defaults of ``unet_steps``, ``batch_size``, ``lr``, ``warmup``, ``ema_decay``."""
+    ``unet_defaults`` sets the defaults of ``unet_steps``, ``batch_size``, ``lr``, ``warmup``, ``ema_decay`` and
+    optionally ``decay_start``."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -306,7 +307,10 @@ def training_parser(description: str, out: Path, **unet_defaults) -> argparse.Ar
     parser.add_argument("--warmup", type=int, default=unet_defaults["warmup"])
     parser.add_argument("--ema-decay", type=float, default=unet_defaults["ema_decay"])
     parser.add_argument(
-        "--decay-start", type=int, default=None, help="UNet step where the learning rate starts a cosine to 0"
+        "--decay-start",
+        type=int,
+        default=unet_defaults.get("decay_start"),
+        help="UNet step where the learning rate starts a half-cosine to 0 (default: none, constant)",
     )
     parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this long")

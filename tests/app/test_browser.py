@@ -1,7 +1,7 @@
 """The structured tab in a real browser: Debian's chromium driven by Playwright runs it on the embedded default
-model, waits for the two images and checks every heat map rendered. With ATTNCTL_UPDATE_SCREENSHOT=1 it also saves
-the page as docs/images/ui-structured.png (the README's screenshot); otherwise the screenshot stays in tmp_path, so
-a test run never changes the working tree."""
+model, waits for the four images (stock, structured, Attend-and-Excite, SynGen) and checks every heat map. With
+ATTNCTL_UPDATE_SCREENSHOT=1 it also saves the page as docs/images/ui-structured.png (the README's screenshot);
+otherwise the screenshot stays in tmp_path, so a test run never changes the working tree."""
 
 from __future__ import annotations
 
@@ -36,6 +36,17 @@ pytestmark = [
 ]
 
 
+def _wait_until_decoded(page, count: int) -> None:
+    """Wait (bounded) until the tab shows ``count`` result and heat-map images, each decoded (images decode
+    asynchronously after they are attached)."""
+    page.wait_for_function(
+        "([selector, count]) => { const images = [...document.querySelectorAll(selector)];"
+        " return images.length === count && images.every(i => i.complete && i.naturalWidth > 0); }",
+        arg=["#structured-tab .result img, #structured-tab .heatmaps img", count],
+        timeout=30_000,
+    )
+
+
 def test_structured_tab_generates_and_shows_heat_maps(default_model_app, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -51,24 +62,20 @@ def test_structured_tab_generates_and_shows_heat_maps(default_model_app, tmp_pat
             steps.press("Enter")
             tab.get_by_role("button", name="Generate", exact=True).click()
 
-            expect(tab.locator(".result img")).to_have_count(2, timeout=120_000)
-            heatmaps = tab.locator(".heatmaps")
-            expect(heatmaps.locator("img")).to_have_count(2 * len(TOKENS), timeout=30_000)
-            for gallery in range(2):
+            # stock and structured first, then the binding methods (Attend-and-Excite, SynGen): four images,
+            # each with its gallery of per-token maps
+            results, heatmaps = tab.locator(".result img"), tab.locator(".heatmaps")
+            expect(results).to_have_count(4, timeout=180_000)
+            expect(heatmaps.locator("img")).to_have_count(4 * len(TOKENS), timeout=30_000)
+            for gallery in range(4):
                 for token in TOKENS:
                     expect(heatmaps.nth(gallery).get_by_text(token, exact=True)).to_be_visible()
             expect(tab.get_by_label("Phrases")).to_have_value("a red circle\na blue square")
-            # images decode asynchronously after they are attached: wait (bounded) until each has, then check
-            page.wait_for_function(
-                "([selector, count]) => { const images = [...document.querySelectorAll(selector)];"
-                " return images.length === count && images.every(i => i.complete && i.naturalWidth > 0); }",
-                arg=["#structured-tab .result img, #structured-tab .heatmaps img", 2 + 2 * len(TOKENS)],
-                timeout=30_000,
-            )
+            _wait_until_decoded(page, 4 + 4 * len(TOKENS))
             rendered = tab.locator(".result img, .heatmaps img").evaluate_all(
                 "images => images.map(image => image.complete && image.naturalWidth > 0)"
             )
-            assert rendered == [True] * (2 + 2 * len(TOKENS))
+            assert rendered == [True] * (4 + 4 * len(TOKENS))
 
             update = os.environ.get("ATTNCTL_UPDATE_SCREENSHOT") == "1"
             screenshot = SCREENSHOT if update else tmp_path / SCREENSHOT.name

@@ -48,13 +48,17 @@ def test_alias_resolves_for_the_api_cli_and_ui():
     from attnctl.app.models import ModelCache
 
     path = default_model_path("clip")
-    assert path.name == "clip-model" and path != default_model_path()
-    assert model_argument("clip") == str(path) and model_argument("default") == str(default_model_path())
+    assert path.name == "clip-model" and path == default_model_path()  # the CLIP model is the default
+    joint = default_model_path("joint")
+    assert joint.name == "joint-model" and joint != path
+    assert model_argument("clip") == model_argument("default") == model_argument(None) == str(path)
+    assert model_argument("joint") == str(joint)
     assert ModelCache().resolve(" clip ").source == str(path)
+    assert ModelCache().resolve("joint").source == str(joint)
 
 
 def test_bad_aliases_and_missing_models_say_what_is_wrong(monkeypatch, tmp_path):
-    with pytest.raises(ValueError, match="model alias 'sd15': embedded models are 'default', 'clip'"):
+    with pytest.raises(ValueError, match="model alias 'sd15': embedded models are 'default', 'clip', 'joint'"):
         default_model_path("sd15")
     monkeypatch.setattr(default_module, "ASSETS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="train_clip_model.py --export attnctl/assets/clip-model"):

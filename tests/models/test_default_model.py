@@ -15,7 +15,7 @@ from attnctl.shapes.evaluation import held_out_binding_prompts, held_out_single_
 MAX_BYTES = 25 * 1024 * 1024
 
 
-@pytest.mark.parametrize("alias", ["default", "clip"])
+@pytest.mark.parametrize("alias", ["default", "joint"])
 def test_shipped_model_is_small_safetensors(alias):
     path = default_model_path(alias)
     files = [f for f in path.rglob("*") if f.is_file()]
@@ -57,6 +57,8 @@ def test_evaluation_prompts_fit_the_text_encoder_untruncated(default_pipe):
 
 
 def test_missing_model_raises_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(default_module, "DEFAULT_MODEL_DIR", tmp_path / "absent")
-    with pytest.raises(FileNotFoundError, match="train_default_model.py"):
+    monkeypatch.setattr(default_module, "ASSETS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="train_clip_model.py --export attnctl/assets/clip-model"):
         default_model_path()
+    with pytest.raises(FileNotFoundError, match="train_joint_model.py --export attnctl/assets/joint-model"):
+        default_model_path("joint")

@@ -1,4 +1,5 @@
-"""Train attnctl's embedded default text-to-image model on procedural coloured-shape scenes, on CPU.
+"""Train attnctl's ``joint`` embedded model (the default until the CLIP model replaced it; its VAE and UNet are
+the CLIP model's starting point) on procedural coloured-shape scenes, on CPU.
 
 Three phases, each resumable (checkpoints every few minutes and at the end of a phase):
   1. an ``AutoencoderKL`` (64x64 RGB <-> 16x16x4 latents) on rendered scenes, then its latents are
@@ -11,7 +12,7 @@ Phases 2 and 3 depend only on phase 1, so ``--phase decoder`` can run phase 3 in
 phase 2 trains. Every batch is a pure function of (seed, phase, step), so a resumed run sees the same data.
 Finally the EMA weights are exported as a diffusers ``StableDiffusionPipeline`` (safetensors).
 
-    python scripts/train_default_model.py --out outputs/train --export attnctl/assets/default-model
+    python scripts/train_joint_model.py --out outputs/train --export attnctl/assets/joint-model
 """
 
 from __future__ import annotations
