@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from scipy.stats import binomtest
 
 from attnctl.cli.common import model_argument, model_help
 from attnctl.shapes.checker import detect_shapes
@@ -37,9 +36,10 @@ from attnctl.shapes.evaluation import (
     all_objects_drawn,
     generate_images,
     held_out_binding_prompts,
+    paired_test,
+    rate_summary,
     report_results,
     seeded_jobs,
-    wilson_interval,
 )
 from attnctl.shapes.scene import indefinite_article
 
@@ -89,26 +89,6 @@ def leaked(detections: list, objects: tuple[tuple[str, str], ...]) -> bool:
     return any(
         (d.colour, d.shape) in {(second_colour, first_shape), (first_colour, second_shape)} for d in detections
     )
-
-
-def summary(flags: list[bool]) -> dict:
-    """Hits, rate and Wilson 95% interval of a list of outcomes."""
-    hits = sum(flags)
-    low, high = wilson_interval(hits, len(flags))
-    return {
-        "hits": hits,
-        "n": len(flags),
-        "rate": round(hits / len(flags), 4),
-        "ci95": [round(low, 4), round(high, 4)],
-    }
-
-
-def paired(mode_flags: list[bool], stock_flags: list[bool]) -> dict:
-    """Discordant pairs against stock and the exact sign-test p-value (McNemar's exact test)."""
-    only_mode = sum(m and not s for m, s in zip(mode_flags, stock_flags))
-    only_stock = sum(s and not m for m, s in zip(mode_flags, stock_flags))
-    p_value = binomtest(only_mode, only_mode + only_stock).pvalue if only_mode + only_stock else 1.0
-    return {"only_this_mode": only_mode, "only_stock": only_stock, "p_value": float(f"{p_value:.2g}")}
 
 
 def spread(items: list, count: int) -> list:
@@ -200,15 +180,15 @@ def main(argv: list[str] | None = None) -> None:
     for name, flags, seconds in finished:
         results["modes"][name] = {"seconds": round(seconds, 1), "seconds_per_image": round(seconds / len(jobs), 2)}
         for set_name, part in slices.items():
-            entry = {key: summary(values[part]) for key, values in flags.items()}
+            entry = {key: rate_summary(values[part]) for key, values in flags.items()}
             if name != "stock" and "stock" in outcomes:
-                entry["vs_stock"] = paired(flags["bound"][part], outcomes["stock"]["bound"][part])
+                entry["vs_stock"] = paired_test(flags["bound"][part], outcomes["stock"]["bound"][part])
             results["modes"][name][set_name] = entry
     if {"held-out-compositions", "seen-twins"} <= set(slices) and "stock" in outcomes:
         bound = outcomes["stock"]["bound"]  # same seeds, twin prompts: a paired comparison
         held, seen = bound[slices["held-out-compositions"]], bound[slices["seen-twins"]]
         if len(held) == len(seen):
-            comparison = paired(held, seen)
+            comparison = paired_test(held, seen)
             results["stock_held_out_vs_seen_twins"] = {
                 "only_held_out": comparison["only_this_mode"],
                 "only_seen_twin": comparison["only_stock"],

@@ -38,11 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage
-from scipy.stats import binomtest
 
 from attnctl.cli.common import model_argument, model_help
 from attnctl.shapes.checker import PALETTE_NAMES, Detection, colour_labels, detect_shapes
-from attnctl.shapes.evaluation import wilson_interval
+from attnctl.shapes.evaluation import paired_test, rate_summary
 
 PAIRS = [("red", "blue"), ("red", "yellow"), ("green", "blue"), ("green", "purple"), ("yellow", "purple"),
          ("orange", "blue")]
@@ -71,21 +70,6 @@ TUNING = {
     "prompts beta=0.3": dict(layout_mode="prompts", base_ratio=0.3),
 }
 STEPS, GUIDANCE, SIZE = 20, 4.0, 64
-
-
-def summary(flags: list[bool]) -> dict:
-    """Hits, rate and Wilson 95% interval."""
-    low, high = wilson_interval(sum(flags), len(flags))
-    return {"hits": sum(flags), "n": len(flags), "rate": round(sum(flags) / len(flags), 4),
-            "ci95": [round(low, 4), round(high, 4)]}
-
-
-def paired(flags: list[bool], stock: list[bool]) -> dict:
-    """Discordant pairs against stock and McNemar's exact two-sided p-value."""
-    won = sum(a and not b for a, b in zip(flags, stock))
-    lost = sum(b and not a for a, b in zip(flags, stock))
-    p_value = binomtest(won, won + lost).pvalue if won + lost else 1.0
-    return {"only_this_mode": won, "only_stock": lost, "p_value": float(f"{p_value:.2g}")}
 
 
 def two_object_jobs(seed_offset: int = 0) -> list[dict]:
@@ -222,21 +206,21 @@ def report(name: str, outcomes: list[dict], singles: list[dict], stock: tuple | 
     ious = [v for o in outcomes for v in o["iou"]]
     outside = [float(o["outside"]) for o in outcomes]
     single = [o["drawn"][0] for o in singles]
-    row = {"both_centred": summary(adheres), "object_centred": summary(centred), "iou": mean_interval(ious),
-           "outside_per_image": mean_interval(outside), "object_drawn": summary(drawn)}
+    row = {"both_centred": rate_summary(adheres), "object_centred": rate_summary(centred), "iou": mean_interval(ious),
+           "outside_per_image": mean_interval(outside), "object_drawn": rate_summary(drawn)}
     if single:
-        row["single_object_drawn"] = summary(single)
+        row["single_object_drawn"] = rate_summary(single)
     if stock is not None:
         base, base_singles = stock
         row["vs_stock"] = {
-            "both_centred": paired(adheres, [all(o["centred"]) for o in base]),
-            "object_centred": paired(centred, [c for o in base for c in o["centred"]]),
+            "both_centred": paired_test(adheres, [all(o["centred"]) for o in base]),
+            "object_centred": paired_test(centred, [c for o in base for c in o["centred"]]),
             "iou_difference": mean_interval([a - b for a, b in zip(ious, [v for o in base for v in o["iou"]])]),
             "outside_difference": mean_interval([a - float(b["outside"]) for a, b in zip(outside, base)]),
-            "object_drawn": paired(drawn, [c for o in base for c in o["drawn"]]),
+            "object_drawn": paired_test(drawn, [c for o in base for c in o["drawn"]]),
         }
         if single:
-            row["vs_stock"]["single_object_drawn"] = paired(single, [o["drawn"][0] for o in base_singles])
+            row["vs_stock"]["single_object_drawn"] = paired_test(single, [o["drawn"][0] for o in base_singles])
     return row
 
 

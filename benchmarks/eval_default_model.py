@@ -1,11 +1,13 @@
-"""Quality bar of an embedded model (``--model default`` or ``clip``, or a folder) and its sample grid.
+"""Quality bar of an embedded model (an alias such as ``default`` or ``joint``, or a folder) and its sample grid.
 
 On the single-object captions held out of training (``attnctl.shapes.scene.HELD_OUT_SINGLE_CAPTIONS``), draw
 ``--seeds`` images each and ask the classical checker whether the requested colour and shape are there
-("drawn") and whether nothing else is ("only"). The bar is "drawn" >= ``--bar`` (85%, issue #21).
+("drawn") and whether nothing else is ("only"). The bar is "drawn" >= ``--bar`` (85%, issue #21). With
+``--against`` a second model draws the same jobs from the same noise, and the two are compared paired
+(McNemar's exact test on the images only one of them gets right).
 
     python benchmarks/eval_default_model.py --seeds 10 --grid docs/images/default-model-samples.png
-    python benchmarks/eval_default_model.py --model clip --seeds 4
+    python benchmarks/eval_default_model.py --model default --against joint --seeds 10
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from attnctl.shapes.evaluation import (
     generate_images,
     held_out_single_prompts,
     only_objects_drawn,
+    paired_test,
+    rate_summary,
     report_results,
     seeded_jobs,
-    wilson_interval,
 )
 
 GRID_PROMPTS = (
@@ -57,11 +60,37 @@ def save_grid(pipe, path: Path, seeds: int, call_kwargs: dict) -> None:
     grid.save(path)
 
 
+def evaluate(model: str, jobs: list, wanted: list, batch_size: int, call_kwargs: dict) -> tuple[dict, dict, object]:
+    """Draw the jobs with one model and judge them: (results, per-image flags by measure, the pipeline)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
+    images = generate_images(pipe, jobs, batch_size, **call_kwargs)
+    seconds = time.perf_counter() - start
+    detections = [detect_shapes(image) for image in images]
+    flags = {
+        "drawn": [all_objects_drawn(found, objects) for found, objects in zip(detections, wanted)],
+        "only": [only_objects_drawn(found, objects) for found, objects in zip(detections, wanted)],
+        "colour": [any(d.colour == objects[0][0] for d in found) for found, objects in zip(detections, wanted)],
+        "shape": [any(d.shape == objects[0][1] for d in found) for found, objects in zip(detections, wanted)],
+    }
+    results = {"model": model, "seconds": round(seconds, 1), "drawn": rate_summary(flags["drawn"]),
+               "only": rate_summary(flags["only"])}  # fmt: skip
+    results["colour_rate"] = sum(flags["colour"]) / len(jobs)
+    results["shape_rate"] = sum(flags["shape"]) / len(jobs)
+    return results, flags, pipe
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=None, help=model_help("default"))
+    parser.add_argument(
+        "--against", default=None, help="also draw the same jobs with this model and test the two paired"
+    )
     parser.add_argument("--seeds", type=int, default=10, help="samples per held-out prompt")
     parser.add_argument("--bar", type=float, default=0.85, help="the quality bar on the 'drawn' rate")
     parser.add_argument("--steps", type=int, default=20)
@@ -72,34 +101,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
-    from diffusers import StableDiffusionPipeline
-
     torch.set_num_threads(args.threads)
-    model = model_argument(args.model)
-    pipe = StableDiffusionPipeline.from_pretrained(model)
-    pipe.set_progress_bar_config(disable=True)
     call_kwargs = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
     prompts = held_out_single_prompts()
     jobs = seeded_jobs(prompts, args.seeds)
-    start = time.perf_counter()
-    images = generate_images(pipe, jobs, args.batch_size, **call_kwargs)
-    seconds = time.perf_counter() - start
     wanted = [p.objects for p in prompts for _ in range(args.seeds)]
-    detections = [detect_shapes(image) for image in images]
-    results = {"model": str(model), "samples": len(jobs), "steps": args.steps, "guidance": args.guidance,
-               "machine": f"{platform.machine()} {torch.get_num_threads()} threads", "seconds": round(seconds, 1)}  # fmt: skip
-    for name, judge in (("drawn", all_objects_drawn), ("only", only_objects_drawn)):
-        hits = sum(judge(found, objects) for found, objects in zip(detections, wanted))
-        low, high = wilson_interval(hits, len(jobs))
-        results[name] = {"hits": hits, "rate": hits / len(jobs), "ci95": [round(low, 3), round(high, 3)]}
-    colour_hits = sum(
-        any(d.colour == objects[0][0] for d in found) for found, objects in zip(detections, wanted)
-    )
-    shape_hits = sum(
-        any(d.shape == objects[0][1] for d in found) for found, objects in zip(detections, wanted)
-    )
-    results["colour_rate"], results["shape_rate"] = colour_hits / len(jobs), shape_hits / len(jobs)
+    results, flags, pipe = evaluate(model_argument(args.model), jobs, wanted, args.batch_size, call_kwargs)
+    results.update(samples=len(jobs), steps=args.steps, guidance=args.guidance,
+                   machine=f"{platform.machine()} {torch.get_num_threads()} threads")  # fmt: skip
     results["bar"], results["quality_bar_met"] = args.bar, results["drawn"]["rate"] >= args.bar
+    if args.against is not None:
+        other, other_flags, _ = evaluate(model_argument(args.against), jobs, wanted, args.batch_size, call_kwargs)
+        other["paired_vs_model"] = {  # only_this_mode: images only --against got right; only_stock: only --model
+            measure: paired_test(other_flags[measure], flags[measure]) for measure in ("drawn", "only")
+        }
+        results["against"] = other
     report_results(results, args.json)
     if args.grid:
         save_grid(pipe, args.grid, seeds=8, call_kwargs=call_kwargs)

@@ -1,6 +1,8 @@
-"""Evaluation sets and statistics for the embedded model: held-out prompts, batched sampling, Wilson intervals.
+"""Evaluation sets and statistics for the embedded models: held-out prompts, batched sampling, Wilson intervals
+and paired exact tests.
 
-Used by ``benchmarks/eval_default_model.py`` (quality bar) and ``benchmarks/bench_attribute_binding.py``.
+Used by ``benchmarks/eval_default_model.py`` (quality bar), ``benchmarks/bench_attribute_binding.py`` and
+``benchmarks/bench_layout.py``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,27 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_summary(flags: Sequence[bool]) -> dict:
+    """Hits, rate and Wilson 95% interval of a list of outcomes (rounded to 4 places)."""
+    hits = sum(flags)
+    low, high = wilson_interval(hits, len(flags))
+    return {"hits": hits, "n": len(flags), "rate": round(hits / len(flags), 4), "ci95": [round(low, 4), round(high, 4)]}
+
+
+def paired_test(flags: Sequence[bool], reference: Sequence[bool]) -> dict:
+    """Outcomes against a ``reference`` run of the same jobs from the same noise: the discordant pairs (only this
+    run right / only the reference right) and McNemar's exact two-sided p-value, a sign test on them
+    (McNemar 1947)."""
+    from scipy.stats import binomtest
+
+    if len(flags) != len(reference):
+        raise ValueError(f"{len(flags)} outcomes against {len(reference)} reference outcomes: pair the same jobs")
+    won = sum(a and not b for a, b in zip(flags, reference))
+    lost = sum(b and not a for a, b in zip(flags, reference))
+    p_value = binomtest(won, won + lost).pvalue if won + lost else 1.0
+    return {"only_this_mode": won, "only_stock": lost, "p_value": float(f"{p_value:.2g}")}
 
 
 def batched(items: Sequence, size: int) -> Iterator[Sequence]:

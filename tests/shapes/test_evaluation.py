@@ -1,4 +1,4 @@
-"""Evaluation helpers: held-out prompt sets, outcome judges, Wilson intervals, batching."""
+"""Evaluation helpers: held-out prompt sets, outcome judges, Wilson intervals, paired tests, batching."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from attnctl.shapes.evaluation import (
     held_out_binding_prompts,
     held_out_single_prompts,
     only_objects_drawn,
+    paired_test,
+    rate_summary,
     seeded_jobs,
     wilson_interval,
 )
@@ -51,6 +53,19 @@ def test_wilson_interval_matches_known_values():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     with pytest.raises(ValueError, match="successes=5, total=3"):
         wilson_interval(5, 3)
+
+
+def test_rate_summary_and_paired_test_against_hand_counts():
+    assert rate_summary([True, False, True, True]) == {
+        "hits": 3, "n": 4, "rate": 0.75, "ci95": [round(v, 4) for v in wilson_interval(3, 4)]
+    }
+    # 8 images only this run gets right, 1 only the reference: two-sided sign test 2 * (9 + 1) / 2**9 = 0.039
+    flags = [True] * 8 + [False] + [True, False] * 5
+    reference = [False] * 8 + [True] + [True, False] * 5
+    assert paired_test(flags, reference) == {"only_this_mode": 8, "only_stock": 1, "p_value": 0.039}
+    assert paired_test([True, False], [True, False]) == {"only_this_mode": 0, "only_stock": 0, "p_value": 1.0}
+    with pytest.raises(ValueError, match="3 outcomes against 2"):
+        paired_test([True] * 3, [True] * 2)
 
 
 def test_batched_keeps_order_and_rejects_empty_batches():
