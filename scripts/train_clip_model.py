@@ -44,6 +44,7 @@ from attnctl.models.training import (
     start_training,
     train_denoiser,
     training_parser,
+    whole_number,
 )
 from attnctl.shapes.compositions import sample_composition_training_scene
 from attnctl.shapes.render import render_batch
@@ -168,11 +169,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae", type=Path, default=joint / "vae", help="frozen VAE folder")
     parser.add_argument("--init-unet", type=Path, default=joint, help="pipeline to start from")
     parser.add_argument("--no-init-unet", dest="init_unet", action="store_const", const=None)
-    parser.add_argument("--bridge-captions", type=int, default=512)
-    parser.add_argument("--clip-steps", type=int, default=3000)
-    parser.add_argument("--clip-batch-size", type=int, default=128)
+    parser.add_argument("--bridge-captions", type=whole_number(1), default=512)
+    parser.add_argument("--clip-steps", type=whole_number(0), default=3000)
+    parser.add_argument("--clip-batch-size", type=whole_number(2), default=128)
     parser.add_argument("--clip-lr", type=float, default=2e-3)
-    parser.add_argument("--clip-warmup", type=int, default=20)
+    parser.add_argument("--clip-warmup", type=whole_number(1), default=20)
     return parser.parse_args(argv)
 
 

@@ -37,6 +37,7 @@ from attnctl.models.training import (
     start_training,
     train_denoiser,
     training_parser,
+    whole_number,
 )
 from attnctl.shapes.render import render_batch
 from attnctl.shapes.scene import sample_codec_scene, sample_training_scene
@@ -173,10 +174,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = training_parser(
         __doc__, Path("outputs/train"), unet_steps=4000, batch_size=64, lr=5e-4, warmup=200, ema_decay=0.999
     )
-    parser.add_argument("--vae-steps", type=int, default=500)
-    parser.add_argument("--vae-batch-size", type=int, default=16)
+    parser.add_argument("--vae-steps", type=whole_number(0), default=500)
+    parser.add_argument("--vae-batch-size", type=whole_number(1), default=16)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
-    parser.add_argument("--decoder-steps", type=int, default=1500)
+    parser.add_argument("--decoder-steps", type=whole_number(0), default=1500)
     parser.add_argument("--decoder-lr", type=float, default=5e-4)
     parser.add_argument(
         "--phase",

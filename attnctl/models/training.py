@@ -123,8 +123,9 @@ def learning_rate(step: int, base: float, warmup: int, decay: tuple[int, int] | 
     a half-cosine from ``base`` at step ``start`` down to 0 at step ``total``."""
     rate = base * min(1.0, (step + 1) / warmup)
     if decay is not None and step >= decay[0]:
-        progress = (step - decay[0]) / max(1, decay[1] - decay[0])
-        rate *= 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        start, end = decay
+        progress = 1.0 if step >= end else (step - start) / (end - start)
+        rate *= 0.5 * (1 + math.cos(math.pi * progress))
     return rate
 
 
@@ -290,6 +291,22 @@ def save_pipeline(vae, text_encoder, tokenizer, unet, directory: Path) -> None:
     pipe.save_pretrained(directory, safe_serialization=True)
 
 
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for a count given on the command line: a whole number >= ``minimum`` (argparse then
+    names the option and exits with status 2 on anything else)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
 def training_parser(description: str, out: Path, **unet_defaults) -> argparse.ArgumentParser:
     """The options every training script has (output, seed, threads, UNet phase, checkpoints, time budget);
     ``unet_defaults`` sets the defaults of ``unet_steps``, ``batch_size``, ``lr``, ``warmup``, ``ema_decay`` and
@@ -300,15 +317,17 @@ def training_parser(description: str, out: Path, **unet_defaults) -> argparse.Ar
     parser.add_argument("--out", type=Path, default=out, help="checkpoint directory")
     parser.add_argument("--export", type=Path, default=None, help="write the final pipeline here")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="1 avoids OpenMP stalls on a shared machine")
-    parser.add_argument("--unet-steps", type=int, default=unet_defaults["unet_steps"])
-    parser.add_argument("--batch-size", type=int, default=unet_defaults["batch_size"])
+    parser.add_argument(
+        "--threads", type=whole_number(1), default=1, help="1 avoids OpenMP stalls on a shared machine"
+    )
+    parser.add_argument("--unet-steps", type=whole_number(0), default=unet_defaults["unet_steps"])
+    parser.add_argument("--batch-size", type=whole_number(1), default=unet_defaults["batch_size"])
     parser.add_argument("--lr", type=float, default=unet_defaults["lr"])
-    parser.add_argument("--warmup", type=int, default=unet_defaults["warmup"])
+    parser.add_argument("--warmup", type=whole_number(1), default=unet_defaults["warmup"])
     parser.add_argument("--ema-decay", type=float, default=unet_defaults["ema_decay"])
     parser.add_argument(
         "--decay-start",
-        type=int,
+        type=whole_number(0),
         default=unet_defaults.get("decay_start"),
         help="UNet step where the learning rate starts a half-cosine to 0 (default: none, constant)",
     )

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attnctl.models.contrastive import build_clip, clip_step_loss, contrastive_loss, twin_retrieval
 from attnctl.models.training import Checkpointer, build_tokenizer, encode_captions, learning_rate, tokenize
@@ -106,6 +108,33 @@ def test_learning_rate_warms_up_then_decays_on_a_half_cosine():
     assert learning_rate(300, 1.0, 10, decay) == pytest.approx(0.0, abs=1e-12)
     rates = [learning_rate(step, 1.0, 10, decay) for step in range(100, 301)]
     assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    base=st.floats(1e-6, 1.0),
+    warmup=st.integers(1, 500),
+    start=st.integers(0, 2000),
+    length=st.integers(0, 2000),
+    step=st.integers(0, 5000),
+)
+def test_learning_rate_stays_within_its_base_and_never_rises_after_warm_up(base, warmup, start, length, step):
+    decay = (start, start + length)
+    rate = learning_rate(step, base, warmup, decay)
+    assert 0.0 <= rate <= base * (1 + 1e-12)
+    if step + 1 >= warmup:
+        assert learning_rate(step + 1, base, warmup, decay) <= rate * (1 + 1e-12)
+    if step >= start + length:
+        assert rate == pytest.approx(0.0, abs=base * 1e-12)
+
+
+def test_step_and_size_options_must_be_whole_numbers_in_range(script, capsys):
+    for option, bad, reason in (("--decay-start", "-5", "-5 is below 0"), ("--unet-steps", "1e3", "'1e3' is not a whole"),
+                                ("--warmup", "0", "0 is below 1"), ("--clip-batch-size", "1", "1 is below 2")):  # fmt: skip
+        with pytest.raises(SystemExit) as stop:
+            script.parse_args([option, bad])
+        assert stop.value.code == 2 and f"argument {option}: {reason}" in capsys.readouterr().err
+    assert script.parse_args([]).decay_start == 1000 and script.parse_args(["--decay-start", "0"]).decay_start == 0
 
 
 def test_checkpoints_load_weights_only(tmp_path):
