@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
 
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    state = PartialState()
+    if state.is_main_process:
         total = tally.done + tally.skipped + tally.failed
         _write_summary(args.out, options, tally, time.perf_counter() - start)
         print(
@@ -168,4 +169,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if tally.failures:
             print("failed:\n  " + "\n  ".join(tally.failures), file=sys.stderr)
+    # a multi-process launch ends its gloo/NCCL group here: left to the interpreter's exit, the group's threads
+    # were seen to abort a worker ("terminate called without an active exception", SIGABRT) after its work
+    state.destroy_process_group()
     return EXIT_FAILED if tally.failed else EXIT_OK
