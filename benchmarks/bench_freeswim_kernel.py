@@ -42,8 +42,9 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def run_case(method: str, grid: tuple[int, int, int], repeats: int) -> dict:
-    """Child process: time one method on one grid and measure its peak memory above the inputs."""
+def run_case(method: str, grid: tuple[int, int, int], repeats: int, tile: tuple[int, ...] | None = None) -> dict:
+    """Child process: time one method on one grid (``window``: with ``tile`` queries per tile, default
+    :func:`~attnctl.core.window_attention.default_tile`) and measure its peak memory above the inputs."""
     import torch
     import torch.nn.functional as F
 
@@ -57,7 +58,7 @@ def run_case(method: str, grid: tuple[int, int, int], repeats: int) -> dict:
     setup = 0.0
     if method == "window":
         def call():
-            return window_attention(query, key, value, grid, WINDOW, backend="tiled")
+            return window_attention(query, key, value, grid, WINDOW, backend="tiled", tile=tile)
     elif method == "full":
         def call():
             return F.scaled_dot_product_attention(query, key, value)
@@ -100,16 +101,19 @@ def run_case(method: str, grid: tuple[int, int, int], repeats: int) -> dict:
     return result
 
 
-def child(method: str, grid: tuple[int, int, int], repeats: int, threads: int) -> dict:
+def child(method: str, grid: tuple[int, int, int], repeats: int, threads: int, tile: str | None = None) -> dict:
     env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads)}
     args = [sys.executable, __file__, "--child", method, "x".join(map(str, grid)), "--repeats", str(repeats)]
+    if tile is not None:
+        args += ["--tiles", tile]
     done = subprocess.run(args, env=env, capture_output=True, text=True)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def parse_grid(text: str) -> tuple[int, int, int]:
+def parse_grid(text: str) -> tuple[int, ...]:
+    """``"8x32x32"`` -> (8, 32, 32): a grid or a tile shape."""
     return tuple(int(part) for part in text.split("x"))
 
 
@@ -121,10 +125,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--flex-max-tokens", type=int, default=32768, help="skip flex above this (compile time)")
     parser.add_argument("--full-max-tokens", type=int, default=73728)
+    parser.add_argument(
+        "--tiles", nargs="+", default=None, help="window: one row per tile shape, e.g. 8x8x1 8x4x2 (default: the default tile)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "GRID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_case(args.child[0], parse_grid(args.child[1]), args.repeats)))
+        tile = parse_grid(args.tiles[0]) if args.tiles else None
+        print(json.dumps(run_case(args.child[0], parse_grid(args.child[1]), args.repeats, tile)))
         return
 
     import torch
@@ -145,6 +153,9 @@ def main() -> None:
                 results[method] = {"skip": "compile time"}
             elif method == "full" and tokens > args.full_max_tokens:
                 results[method] = {"skip": "time"}
+            elif method == "window" and args.tiles:
+                for tile in args.tiles:
+                    results[f"window {tile}"] = child(method, grid, args.repeats, args.threads, tile)
             else:
                 results[method] = child(method, grid, args.repeats, args.threads)
         full = results.get("full", {})
