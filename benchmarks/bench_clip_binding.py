@@ -10,7 +10,9 @@ colours exchanged ("a red circle and a blue square" vs "a blue circle and a red 
 Chance is 50%; a bag-of-words encoder scores 0% (ties). As a control, each test is repeated with a negative
 that differs in words, one colour replaced by a colour not in the caption, and again with one shape replaced
 by a shape not in the caption (does the encoder read shapes as well as colours?). Rates with Wilson 95%
-intervals.
+intervals. Also, from the CLIP phase's own first ``--batches`` training batches (``--batch-size`` scenes each,
+the training seed's): the share of multi-object scenes that share their batch with a scene of the same words
+bound differently (an in-batch hard negative the plain objective meets by itself).
 
     python benchmarks/bench_clip_binding.py --model clip --json outputs/bench_clip_binding.json
 """
@@ -28,6 +30,7 @@ import torch
 
 from attnctl.cli.common import model_argument
 from attnctl.models.contrastive import image_embeddings, text_embeddings, twin_retrieval
+from attnctl.models.training import batch_rng
 from attnctl.shapes.compositions import (
     composition_prompts,
     recoloured,
@@ -36,9 +39,9 @@ from attnctl.shapes.compositions import (
     reshaped,
     swapped_twin_prompt,
 )
-from attnctl.shapes.evaluation import PromptObjects, report_results, wilson_interval
+from attnctl.shapes.evaluation import PromptObjects, rate_summary, report_results
 from attnctl.shapes.render import render_batch
-from attnctl.shapes.scene import COLOURS, SHAPES, sample_scene
+from attnctl.shapes.scene import COLOURS, SHAPES, sample_any_scene, sample_scene
 
 
 def all_two_object_prompts() -> list[PromptObjects]:
@@ -66,10 +69,25 @@ def rendered(prompts: list[PromptObjects], seed: int) -> torch.Tensor:
 
 
 def rate(flags: torch.Tensor) -> dict:
-    """Hits, rate and Wilson 95% interval."""
-    hits, total = int(flags.sum()), len(flags)
-    low, high = wilson_interval(hits, total)
-    return {"hits": hits, "n": total, "rate": round(hits / total, 4), "ci95": [round(low, 4), round(high, 4)]}
+    """Hits, rate and Wilson 95% interval of a boolean tensor."""
+    return rate_summary([bool(flag) for flag in flags])
+
+
+def in_batch_twins(seed: int, batches: int, batch_size: int) -> list[bool]:
+    """Per multi-object scene of the CLIP phase's first ``batches`` batches: does another scene of its batch have
+    the same colours and shapes bound differently (``"a red circle and a blue square"`` beside ``"a blue circle
+    and a red square"``)?"""
+    flags = []
+    for step in range(batches):
+        rng = batch_rng(seed, "clip", step)
+        scenes = [sample_any_scene(rng) for _ in range(batch_size)]
+        words = [(frozenset(o.colour for o in s.objects), tuple(sorted(o.shape for o in s.objects))) for s in scenes]
+        bindings = [frozenset((o.colour, o.shape) for o in s.objects) for s in scenes]
+        for i, scene in enumerate(scenes):
+            if len(scene.objects) > 1:
+                flags.append(any(words[j] == words[i] and bindings[j] != bindings[i]
+                                 for j in range(batch_size) if j != i))  # fmt: skip
+    return flags
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="clip", help="pipeline folder with a clip/ subfolder, or alias")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rendered scenes' layouts")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batches", type=int, default=200, help="CLIP training batches to count twins in")
+    parser.add_argument("--batch-size", type=int, default=128, help="the CLIP phase's batch size")
+    parser.add_argument("--training-seed", type=int, default=0, help="the training run's --seed")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -111,6 +132,13 @@ def main(argv: list[str] | None = None) -> None:
             "vs_swapped_twin": rate(twin_retrieval(images, captions, twins)),
             "vs_recoloured": rate(twin_retrieval(images, captions, others)),
             "vs_reshaped": rate(twin_retrieval(images, captions, reshapes)),
+        },
+        "training_batches": {
+            "batches": args.batches,
+            "batch_size": args.batch_size,
+            "multi_object_scenes_with_an_in_batch_twin": rate_summary(
+                in_batch_twins(args.training_seed, args.batches, args.batch_size)
+            ),
         },
     }
     report_results(results, args.json)
