@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Names of the embedded models (no name at all means ``"default"``), unless a folder of that name exists;
-#: ``attnctl.models.default.EMBEDDED_MODELS`` lists them with their folders.
-DEFAULT_ALIASES = ("default", "clip", "joint")
+from .default import EMBEDDED_MODELS
+
+#: Names of the embedded models (no name at all means ``"default"``), unless a folder of that name exists: the
+#: keys of ``attnctl.models.default.EMBEDDED_MODELS``, which lists them with their folders.
+DEFAULT_ALIASES = tuple(EMBEDDED_MODELS)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
