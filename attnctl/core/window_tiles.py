@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -31,27 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from .lse import attention_with_lse
+from .scratch import fresh_copies, scratch_copy
 from .windows import inward_starts
 
 BAND_BYTES = 8 * 2**20  # largest key (and value) band copied for one SDPA call; bigger runs are split
-_SCRATCH = threading.local()  # per thread: slot name -> reused flat CPU buffer
-
-
-def _scratch_copy(slot: str, view: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of ``view``; on CPU written into a buffer reused across calls (one per slot and thread).
-
-    A fresh multi-megabyte CPU allocation is returned to the OS when freed and page-faults again on the next
-    call: on the 2-core benchmark machine a fresh band copy took 10 ms where copying into a reused buffer took
-    0.5 ms. The copy is valid until the next call with the same ``slot`` on this thread. GPU tensors use the
-    caching allocator (``.contiguous()``).
-    """
-    if view.device.type != "cpu":
-        return view.contiguous()
-    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
-    buffer = buffers.get(slot)
-    if buffer is None or buffer.dtype != view.dtype or buffer.numel() < view.numel():
-        buffer = buffers[slot] = torch.empty(view.numel(), dtype=view.dtype)
-    return buffer[: view.numel()].view(view.shape).copy_(view)
 
 
 @dataclass(frozen=True)
@@ -199,19 +181,20 @@ def tiled_window_attention(
     plan = tile_plan(grid, window, tile)
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device) if return_lse else None
-    key, value = _permute_keys(key, plan, "key grid"), _permute_keys(value, plan, "value grid")
-    for combo in plan.combos():
-        runs = tuple(axis.runs[index] for axis, index in zip(plan.axes, combo))
-        mask = plan.mask(combo, query.dtype, query.device)
-        for part in _split_band(plan, runs, query):
-            _attend_runs(plan, part, query, key, value, out, lse, mask, scale)
+    with fresh_copies(query, key, value):
+        key, value = _permute_keys(key, plan, "key grid"), _permute_keys(value, plan, "value grid")
+        for combo in plan.combos():
+            runs = tuple(axis.runs[index] for axis, index in zip(plan.axes, combo))
+            mask = plan.mask(combo, query.dtype, query.device)
+            for part in _split_band(plan, runs, query):
+                _attend_runs(plan, part, query, key, value, out, lse, mask, scale)
     return (out, lse) if return_lse else out
 
 
 def _permute_keys(tensor: torch.Tensor, plan: TilePlan, slot: str) -> torch.Tensor:
     """(batch, heads, tokens, dim) -> contiguous (batch, heads, *grid in ``plan.key_order``, dim)."""
     grid_view = tensor.unflatten(2, plan.grid)  # (batch, heads, *grid, dim)
-    return _scratch_copy(slot, grid_view.permute(0, 1, *(2 + axis for axis in plan.key_order), grid_view.ndim - 1))
+    return scratch_copy(slot, grid_view.permute(0, 1, *(2 + axis for axis in plan.key_order), grid_view.ndim - 1))
 
 
 def _split_band(plan: TilePlan, runs: tuple[AxisRun, ...], query: torch.Tensor) -> list[tuple[AxisRun, ...]]:
@@ -266,7 +249,7 @@ def _key_view(keys: torch.Tensor, plan: TilePlan, runs: tuple[AxisRun, ...], slo
         1,
     )
     offset = keys.storage_offset() + sum(runs[a].rect_start * stride[a] for a in range(view))
-    band = _scratch_copy(slot, keys.as_strided(shape, strides, offset))
+    band = scratch_copy(slot, keys.as_strided(shape, strides, offset))
     dim, per_position = keys.shape[-1], math.prod(rects) * keys.shape[-1]
     rows = band.numel() // (grid[view] * per_position)
     return band.as_strided(
@@ -290,7 +273,7 @@ def _attend_runs(
     """One SDPA call for one combination of runs, written into ``out`` (and ``lse`` if given) in place."""
     keys, values = _key_view(key, plan, runs, "key band"), _key_view(value, plan, runs, "value band")
     # (batch, heads, counts.., tiles.., dim) -> (batch', view_tiles, query_tile, dim), a copy
-    queries = _scratch_copy("query tiles", _tile_view(query, plan, runs)).view(
+    queries = scratch_copy("query tiles", _tile_view(query, plan, runs)).view(
         keys.shape[0], runs[-1].count, plan.query_tile, -1
     )
     if runs[-1].rect_step == 0 and runs[-1].count > 1:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import platform
+import re
 import sys
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import attnctl.core.window_cpu as window_cpu
 import attnctl.core.window_tiles as window_tiles
-from attnctl.core.window_attention import available_backends, default_backend, default_tile, window_attention
+from attnctl.core.window_attention import available_backends, default_tile, window_attention
 from attnctl.core.window_tiles import tile_plan
 from attnctl.core.windows import window_keep_mask
 
@@ -224,13 +229,22 @@ def test_default_tile_keeps_tiles_small_and_at_least_32_queries():
 
 
 def test_backend_choice(monkeypatch):
-    assert default_backend("cpu") == "tiled"
     import attnctl.core.window_attention as module
 
+    video, image = ((8, 6, 7), (8, 3, 5)), ((9, 11), (4, 6))
+    query, key, value = qkv(video[0], batch=1, heads=1)
+    fused = "cpu" if module.cpu_kernel_error() is None else "tiled"
+    assert module.default_backend(query, key, value, *video) == fused  # all of >= 8 frames in every window
+    assert module.default_backend(query, key, value, (8, 6, 7), (4, 3, 5)) == "tiled"  # windowed frames
+    assert module.default_backend(*(t.double() for t in (query, key, value)), *video) == "tiled"
+    assert module.default_backend(*qkv(image[0], batch=1, heads=1), *image) == "tiled"
+    cuda = types.SimpleNamespace(device=torch.device("cuda"))
     monkeypatch.setattr(module, "natten_gpu_available", lambda: True)
-    assert default_backend("cuda") == "natten" and default_backend("cuda", return_lse=True) == "tiled"
+    monkeypatch.setattr(module, "unsupported", lambda *tensors: "it runs on CPU tensors")
+    assert module.default_backend(cuda, cuda, cuda, *video) == "natten"
+    assert module.default_backend(cuda, cuda, cuda, *video, return_lse=True) == "tiled"
     monkeypatch.setattr(module, "natten_gpu_available", lambda: False)
-    assert default_backend("cuda") == "tiled"
+    assert module.default_backend(cuda, cuda, cuda, *video) == "tiled"
     assert {"reference", "tiled", "flex"} <= set(available_backends())
 
 
@@ -273,3 +287,158 @@ def test_reused_scratch_buffers_never_leak_between_calls_or_threads():
     query, key, value = (t.double() for t in qkv(grid))
     out = window_attention(query, key, value, grid, window, backend="tiled", tile=tile)
     torch.testing.assert_close(out, naive_masked_softmax(query, key, value, grid, window), atol=1e-12, rtol=0)
+
+
+# --- the fused CPU kernel (backend "cpu", attnctl.core.window_cpu) -------------------------------------------------
+
+needs_cpu_kernel = pytest.mark.skipif(
+    window_cpu.cpu_kernel_error() is not None, reason=f"no fused CPU kernel here: {window_cpu.cpu_kernel_error()}"
+)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize(("grid", "window", "tile"), CASES)
+@pytest.mark.parametrize("dim", [8, 16, 40, 64])
+def test_cpu_kernel_matches_the_naive_reference(grid, window, tile, dim):
+    query, key, value = qkv(grid, dim=dim, seed=dim)
+    expected = naive_masked_softmax(query, key, value, grid, window)
+    out, lse = window_attention(query, key, value, grid, window, backend="cpu", return_lse=True)
+    torch.testing.assert_close(out, expected, atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(lse, naive_window_lse(query, key, grid, window), atol=TOLERANCE, rtol=0)
+
+
+def assert_as_exact_as_sdpa(out, lse, query, key, value, grid, window, scale):
+    """As close to the exact (float64) result as float32 SDPA with the dense mask is, within 4x and 2e-6; the
+    log-sum-exp also within two float32 roundings of its size (the fused kernel works in base 2)."""
+    stock, stock_lse = window_attention(query, key, value, grid, window, scale=scale, backend="reference",
+                                        return_lse=True)
+    logits = (query.double() @ key.double().transpose(-1, -2)) * scale
+    logits = logits.masked_fill(~window_keep_mask(grid, window), float("-inf"))
+    exact, exact_lse = logits.softmax(-1) @ value.double(), logits.logsumexp(-1)
+    assert (out - exact).abs().max() <= 4 * (stock - exact).abs().max() + TOLERANCE
+    rounding = 2 * torch.finfo(torch.float32).eps * exact_lse.abs().max()
+    assert (lse - exact_lse).abs().max() <= 4 * (stock_lse - exact_lse).abs().max() + TOLERANCE + rounding
+
+
+@needs_cpu_kernel
+@given(
+    grid=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    fractions=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+    dim=st.integers(1, 70),
+    heads=st.integers(1, 3),
+    scale=st.floats(0.01, 4.0),
+)
+@settings(max_examples=60, deadline=None)
+def test_cpu_kernel_property_any_grid_window_and_head_dim(grid, fractions, dim, heads, scale):
+    window = tuple(max(1, round(size * fraction)) for size, fraction in zip(grid, fractions))
+    query, key, value = qkv(tuple(grid), batch=1, heads=heads, dim=dim)
+    out, lse = window_cpu.cpu_window_attention(query, key, value, tuple(grid), window, scale, return_lse=True)
+    assert_as_exact_as_sdpa(out, lse, query, key, value, grid, window, scale)
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_strips_threads_strides_and_extreme_logits(monkeypatch):
+    grid, window = (9, 5, 41), (9, 3, 6)  # two work units of frames (8 + 1) per position
+    generator = torch.Generator().manual_seed(4)
+    # diffusers' (batch, tokens, heads, dim) layout viewed as (batch, heads, tokens, dim), as Wan passes it
+    query, key, value = (torch.randn(2, 9 * 5 * 41, 3, 24, generator=generator).transpose(1, 2) for _ in range(3))
+    whole, lse = window_attention(query, key, value, grid, window, backend="cpu", scale=0.5, return_lse=True)
+    assert_as_exact_as_sdpa(whole, lse, query, key, value, grid, window, 0.5)
+    monkeypatch.setattr(window_cpu, "STRIP_KEYS", 10)  # 8 query columns per strip: 6 strips
+    window_cpu._strips.cache_clear()
+    try:
+        assert len(window_cpu._strips(41, 6)) == 6
+        threads = torch.get_num_threads()
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            assert torch.equal(window_attention(query, key, value, grid, window, backend="cpu", scale=0.5), whole)
+        torch.set_num_threads(threads)
+    finally:
+        window_cpu._strips.cache_clear()
+    # logits hundreds apart: no overflow, no NaN, as exact as SDPA
+    huge, huge_lse = window_attention(query, key, value, grid, window, backend="cpu", scale=300.0, return_lse=True)
+    assert_as_exact_as_sdpa(huge, huge_lse, query, key, value, grid, window, 300.0)
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_runs_by_default_only_where_it_fills_its_units():
+    video = (8, 6, 7), (None, 3, 5)
+    query, key, value = qkv(video[0], batch=1, heads=2, dim=16)
+    assert torch.equal(window_attention(query, key, value, *video),
+                       window_attention(query, key, value, *video, backend="cpu"))
+    assert torch.equal(window_attention(query, key, value, *video, tile=(8, 2, 2)),
+                       window_attention(query, key, value, *video, backend="tiled", tile=(8, 2, 2)))
+    query.requires_grad_(True)  # autograd: the tiled kernel, which has a backward
+    window_attention(query, key, value, *video).sum().backward()
+    expected = query.grad.clone()
+    query.grad = None
+    naive_masked_softmax(query, key, value, *video).sum().backward()
+    torch.testing.assert_close(query.grad, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.double(), r"backend='cpu' cannot run here: it computes float32 \(got torch.float64"),
+        (lambda t: t.requires_grad_(True), "backend='cpu' cannot run here: it has no backward pass"),
+    ],
+)
+def test_cpu_kernel_refuses_what_it_cannot_compute(change, message):
+    grid, window = (8, 6, 7), (8, 3, 5)
+    query, key, value = (change(t) for t in qkv(grid, batch=1, heads=1))
+    with pytest.raises(ValueError, match=message):
+        window_attention(query, key, value, grid, window, backend="cpu")
+
+
+def test_cpu_kernel_says_why_it_is_missing_and_the_default_falls_back(monkeypatch, tmp_path):
+    import attnctl.core.window_attention as module
+
+    grid, window = (8, 6, 7), (8, 3, 5)
+    query, key, value = qkv(grid, batch=1, heads=1)
+    expected = naive_masked_softmax(query, key, value, grid, window)
+    monkeypatch.setenv("ATTNCTL_KERNEL_CACHE", str(tmp_path))
+    broken = tmp_path / "broken-cc"  # answers --version, fails every build
+    broken.write_text('#!/bin/sh\n[ "$1" = --version ] && echo broken 1.0 && exit 0\necho "error: nope" >&2\nexit 1\n')
+    broken.chmod(0o755)
+    cases = [
+        ("CC", str(tmp_path / "no-such-compiler"), None, "building or loading csrc/window_cpu.c failed"),
+        ("CC", str(broken), None, "building csrc/window_cpu.c with .*broken-cc failed: error: nope"),
+        (None, None, "AVX2", "it needs a CPU with AVX-512 \\(PyTorch reports AVX2\\)"),
+    ]
+    try:
+        for variable, setting, capability, message in cases:
+            if platform.machine().lower() not in ("x86_64", "amd64"):
+                message = "it needs an x86-64 CPU"
+            elif capability is None and torch.backends.cpu.get_cpu_capability() != "AVX512":
+                continue
+            with monkeypatch.context() as patch:
+                if variable:
+                    patch.setenv(variable, setting)
+                if capability:
+                    patch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+                window_cpu._build.cache_clear()
+                assert re.search(message, window_cpu.cpu_kernel_error())
+                assert module.default_backend(query, key, value, grid, window) == "tiled"
+                assert "cpu" not in available_backends()
+                torch.testing.assert_close(window_attention(query, key, value, grid, window), expected,
+                                           atol=TOLERANCE, rtol=0)
+                with pytest.raises(ValueError, match=f"backend='cpu' cannot run here: {message}"):
+                    window_attention(query, key, value, grid, window, backend="cpu")
+        assert not list(tmp_path.glob("*.so"))  # a failed build leaves nothing behind
+    finally:
+        window_cpu._build.cache_clear()
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_builds_once_into_its_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTNCTL_KERNEL_CACHE", str(tmp_path))
+    try:
+        window_cpu._build.cache_clear()
+        assert window_cpu.cpu_kernel_error() is None
+        built = list(tmp_path.glob("window_cpu-*.so"))
+        assert len(built) == 1 and not list(tmp_path.glob("tmp*"))
+        stamp = built[0].stat().st_mtime_ns
+        window_cpu._build.cache_clear()
+        assert window_cpu.cpu_kernel_error() is None and built[0].stat().st_mtime_ns == stamp
+    finally:
+        window_cpu._build.cache_clear()
