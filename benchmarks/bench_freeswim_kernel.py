@@ -3,7 +3,8 @@
 Cases (issue #3): token grids frames x height x width = 8x32x32, 8x64x64 (and 8x96x96), window 8x15x15 (all
 frames, 15 x 15 tokens), batch 1, 2 heads, head dim 64, float32, on CPU. Methods:
 
-* ``window``: ``window_attention(..., backend="tiled")``, the default CPU kernel;
+* ``cpu``: ``window_attention(..., backend="cpu")``, the fused CPU kernel (the default on CPU for these grids);
+* ``tiled``: ``window_attention(..., backend="tiled")``, dense SDPA blocks over query tiles (``--tiles``);
 * ``full``: ``F.scaled_dot_product_attention`` without a mask (what the window replaces);
 * ``masked``: SDPA with the dense (N x N) boolean inward-window mask (the naive exact method);
 * ``flex``: ``flex_attention`` compiled by Inductor with the analytic block mask (compile time reported apart).
@@ -14,7 +15,8 @@ Time is the best and median of ``--repeats`` calls after the warm-up (ratios of 
 best call) is reported too, as it is steadier than wall time on a machine shared with other jobs. Children run with
 ``OMP_WAIT_POLICY=PASSIVE`` so waiting OpenMP threads sleep instead of spinning.
 
-    nice -n 10 python benchmarks/bench_freeswim_kernel.py [--grids 8x32x32 8x64x64 8x96x96] [--threads 2]
+    nice -n 10 python benchmarks/bench_freeswim_kernel.py [--grids 8x32x32 8x64x64 8x96x96] [--window 8x15x15]
+        [--methods cpu tiled full masked flex] [--threads 2] [--repeats 3] [--tiles 8x8x1 8x4x2]
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-WINDOW = (8, 15, 15)
-METHODS = ("window", "full", "masked", "flex")
+WINDOW = (8, 15, 15)  # the default --window
+METHODS = ("cpu", "tiled", "full", "masked", "flex")
 MASK_BUDGET_GIB = 8.0  # the masked method needs N^2 bytes for its mask and SDPA a float copy (4 N^2 more)
 
 
@@ -42,8 +44,10 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def run_case(method: str, grid: tuple[int, int, int], repeats: int, tile: tuple[int, ...] | None = None) -> dict:
-    """Child process: time one method on one grid (``window``: with ``tile`` queries per tile, default
+def run_case(
+    method: str, grid: tuple[int, ...], window: tuple[int, ...], repeats: int, tile: tuple[int, ...] | None = None
+) -> dict:
+    """Child process: time one method on one grid (``tiled``: with ``tile`` queries per tile, default
     :func:`~attnctl.core.window_attention.default_tile`) and measure its peak memory above the inputs."""
     import torch
     import torch.nn.functional as F
@@ -56,26 +60,26 @@ def run_case(method: str, grid: tuple[int, int, int], repeats: int, tile: tuple[
     shape = (1, 2, math.prod(grid), 64)
     query, key, value = (torch.randn(shape, generator=generator) for _ in range(3))
     setup = 0.0
-    if method == "window":
+    if method in ("cpu", "tiled"):
         def call():
-            return window_attention(query, key, value, grid, WINDOW, backend="tiled", tile=tile)
+            return window_attention(query, key, value, grid, window, backend=method, tile=tile)
     elif method == "full":
         def call():
             return F.scaled_dot_product_attention(query, key, value)
     elif method == "masked":
         start = time.perf_counter()
-        mask = window_keep_mask(grid, WINDOW)
+        mask = window_keep_mask(grid, window)
         setup = time.perf_counter() - start
 
         def call():
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
     else:
         start = time.perf_counter()
-        window_block_mask(grid, WINDOW, "cpu")
+        window_block_mask(grid, window, "cpu")
         setup = time.perf_counter() - start
 
         def call():
-            return window_attention(query, key, value, grid, WINDOW, backend="flex")
+            return window_attention(query, key, value, grid, window, backend="flex")
 
     start = time.perf_counter()
     call()  # warm-up: plan, caches, and for flex the Inductor compilation
@@ -101,9 +105,12 @@ def run_case(method: str, grid: tuple[int, int, int], repeats: int, tile: tuple[
     return result
 
 
-def child(method: str, grid: tuple[int, int, int], repeats: int, threads: int, tile: str | None = None) -> dict:
+def child(
+    method: str, grid: tuple[int, ...], window: str, repeats: int, threads: int, tile: str | None = None
+) -> dict:
     env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads)}
-    args = [sys.executable, __file__, "--child", method, "x".join(map(str, grid)), "--repeats", str(repeats)]
+    args = [sys.executable, __file__, "--child", method, "x".join(map(str, grid)), "--window", window,
+            "--repeats", str(repeats)]
     if tile is not None:
         args += ["--tiles", tile]
     done = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -120,28 +127,32 @@ def parse_grid(text: str) -> tuple[int, ...]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grids", nargs="+", default=["8x32x32", "8x64x64", "8x96x96"])
+    parser.add_argument("--window", default="x".join(map(str, WINDOW)), help="one size per grid axis (default 8x15x15)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--flex-max-tokens", type=int, default=32768, help="skip flex above this (compile time)")
     parser.add_argument("--full-max-tokens", type=int, default=73728)
     parser.add_argument(
-        "--tiles", nargs="+", default=None, help="window: one row per tile shape, e.g. 8x8x1 8x4x2 (default: the default tile)"
+        "--tiles", nargs="+", default=None, help="tiled: one row per tile shape, e.g. 8x8x1 8x4x2 (default: the default tile)"
     )
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "GRID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         tile = parse_grid(args.tiles[0]) if args.tiles else None
-        print(json.dumps(run_case(args.child[0], parse_grid(args.child[1]), args.repeats, tile)))
+        print(json.dumps(run_case(args.child[0], parse_grid(args.child[1]), parse_grid(args.window), args.repeats, tile)))
         return
 
     import torch
 
-    print(f"# FreeSwim window-attention kernel, window {'x'.join(map(str, WINDOW))}, batch 1, 2 heads, head dim 64")
+    window = parse_grid(args.window)
+    print(f"# FreeSwim window-attention kernel, window {args.window}, batch 1, 2 heads, head dim 64; FLOP bound = "
+          "tokens / window keys, the most a window method can gain over full attention")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}")
-    print("| grid | tokens | method | best ms | median ms | CPU ms | peak MiB | vs full (median wall) | vs full (CPU) | warm-up s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| grid | tokens | method | best ms | median ms | CPU ms | peak MiB | vs full (median wall) | vs full (CPU) "
+          "| FLOP bound | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for text in args.grids:
         grid = parse_grid(text)
         tokens = math.prod(grid)
@@ -153,22 +164,23 @@ def main() -> None:
                 results[method] = {"skip": "compile time"}
             elif method == "full" and tokens > args.full_max_tokens:
                 results[method] = {"skip": "time"}
-            elif method == "window" and args.tiles:
+            elif method == "tiled" and args.tiles:
                 for tile in args.tiles:
-                    results[f"window {tile}"] = child(method, grid, args.repeats, args.threads, tile)
+                    results[f"tiled {tile}"] = child(method, grid, args.window, args.repeats, args.threads, tile)
             else:
-                results[method] = child(method, grid, args.repeats, args.threads)
+                results[method] = child(method, grid, args.window, args.repeats, args.threads)
         full = results.get("full", {})
+        bound = f"{tokens / math.prod(window):.2f}x"
         for method, result in results.items():
             if "best_ms" not in result:
-                print(f"| {text} | {tokens} | {method} | {result.get('skip') or result.get('error')} | | | | | | |")
+                print(f"| {text} | {tokens} | {method} | {result.get('skip') or result.get('error')} | | | | | | | |")
                 continue
             wall = f"{full['median_ms'] / result['median_ms']:.2f}x" if "median_ms" in full else ""
             cpu = f"{full['cpu_ms'] / result['cpu_ms']:.2f}x" if "cpu_ms" in full else ""
             note = f" ({result['note']})" if "note" in result else ""
             print(
                 f"| {text} | {tokens} | {method}{note} | {result['best_ms']:.1f} | {result['median_ms']:.1f} | "
-                f"{result['cpu_ms']:.1f} | {result['peak_mib']:.1f} | {wall} | {cpu} | {result['warmup_s']:.1f} |",
+                f"{result['cpu_ms']:.1f} | {result['peak_mib']:.1f} | {wall} | {cpu} | {bound} | {result['warmup_s']:.1f} |",
                 flush=True,
             )
 

@@ -7,8 +7,8 @@ its inward window (:mod:`attnctl.core.windows`). Backends:
   against;
 * ``"cpu"``: the fused CPU kernel (:mod:`attnctl.core.window_cpu`, C with AVX-512, built on first use): visits
   only each query's window; float32 CPU tensors without autograd; the default on CPU for video grids whose
-  window spans all of at least 8 frames (FreeSwim's), where it is 3-4x and 13x faster than full SDPA at
-  8x32x32 and 8x64x64 tokens (BENCHMARKS.md, "Window kernel");
+  window spans several frames (FreeSwim's), where it is 3.3x and 15x faster than full SDPA at 8x32x32 and
+  8x64x64 tokens (BENCHMARKS.md, "Fused CPU window kernel");
 * ``"tiled"``: dense SDPA blocks over query tiles (:mod:`attnctl.core.window_tiles`); never builds an N x N
   matrix; any dtype, device and autograd; the default elsewhere on CPU and on GPUs without NATTEN (on an
   H200 at FreeSwim's 1080p grid it ran 2.9x faster than compiled flex: BENCHMARKS.md, "FreeSwim on a GPU");
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .lse import attention_with_lse
-from .window_cpu import cpu_kernel_error, cpu_window_attention, fills_groups, unsupported
+from .window_cpu import MIN_EFFICIENCY, cpu_kernel_error, cpu_window_attention, kernel_efficiency, unsupported
 from .window_flex import flex_window_attention
 from .window_tiles import tiled_window_attention
 from .windows import Window, covers_grid, resolve_window, window_keep_mask
@@ -72,11 +72,12 @@ def default_backend(
     return_lse: bool = False,
 ) -> str:
     """``natten`` on CUDA with a NATTEN GPU build (unless the log-sum-exp is wanted); ``cpu`` where the fused CPU
-    kernel takes these tensors and its work units fill (:func:`~attnctl.core.window_cpu.fills_groups`); else
+    kernel takes these tensors and uses at least ``MIN_EFFICIENCY`` of its work
+    (:func:`~attnctl.core.window_cpu.kernel_efficiency`: video grids whose window spans 4 or more frames); else
     ``tiled`` (measured faster than compiled ``flex`` on an H200 at both FreeSwim grids)."""
     if query.device.type == "cuda" and natten_gpu_available() and not return_lse:
         return "natten"
-    if fills_groups(grid, window) and unsupported(query, key, value) is None:
+    if kernel_efficiency(grid, window) >= MIN_EFFICIENCY and unsupported(query, key, value) is None:
         return "cpu"
     return "tiled"
 

@@ -16,7 +16,9 @@ backend stays ``tiled``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -35,6 +37,7 @@ SOURCE = Path(__file__).with_name("csrc") / "window_cpu.c"
 CFLAGS = ("-std=c11", "-O3", "-mavx512f", "-mavx512dq", "-mfma", "-fPIC", "-shared")
 GROUP = 8  # queries per work unit in the C kernel: frames that share one frame window
 STRIP_KEYS = 32  # key columns per strip; 8x64x64 grid, 15-column window: 18 query columns per strip, 20% faster
+MIN_EFFICIENCY = 0.45  # default-backend threshold: at 0.47 (4 frames, 15x15) 1.06x faster than tiled, at 0.21 0.63x
 PAD = 16  # zero floats after each key row: the kernel's 16-wide loads may run past a window's last column
 
 _INT, _PTR = ctypes.c_int64, ctypes.c_void_p
@@ -97,10 +100,15 @@ def unsupported(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> 
     return cpu_kernel_error()
 
 
-def fills_groups(grid: tuple[int, ...], window: tuple[int, ...]) -> bool:
-    """Whether every work unit holds ``GROUP`` or more queries' worth of frames: a 3-D grid whose window spans
-    all of at least ``GROUP`` frames. Elsewhere a unit has fewer queries than the kernel's 8-row blocks."""
-    return len(grid) == 3 and window[0] >= grid[0] >= GROUP
+def kernel_efficiency(grid: tuple[int, ...], window: tuple[int, ...]) -> float:
+    """Share of the kernel's multiply-adds that a window needs: work units fill ``group / GROUP`` of its 8-row
+    blocks (frames sharing a frame window; one query on 1-D and 2-D grids) and a window row of ``w`` keys fills
+    ``w / (16 ceil(w / 16))`` of its 16-lane vectors."""
+    frames, window_frames = (grid[0], window[0]) if len(grid) == 3 else (1, 1)
+    starts = inward_starts(frames, window_frames).tolist()
+    units = sum(math.ceil(starts.count(start) / GROUP) for start in set(starts))
+    width = window[-1]
+    return frames / (units * GROUP) * width / (16 * math.ceil(width / 16))
 
 
 def cpu_window_attention(
@@ -145,20 +153,17 @@ def cpu_window_attention(
         vs = scratch("cpu values", batch * heads * frames * height * value_row, torch.float32).view(*strip, value_row)
         vs[..., : columns * dim].view(*strip, columns, dim).copy_(values[..., key_first : key_first + columns, :])
 
-        def run(job_first: int, job_stop: int) -> int:
-            return kernel(
-                query.data_ptr(), query.stride(0), query.stride(1), query.stride(2),
-                kt.data_ptr(), vs.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),
-                heads, frames, height, width, dim, *window3, *(s.data_ptr() for s in starts), scale,
-                key_row, value_row, columns, first, stop, key_first, job_first, job_stop,
-            )  # fmt: skip
-
+        # the kernel over rows [first job, stop job) of positions, the call's remaining two arguments
+        run = functools.partial(
+            kernel,
+            query.data_ptr(), query.stride(0), query.stride(1), query.stride(2),
+            kt.data_ptr(), vs.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),
+            heads, frames, height, width, dim, *window3, *(s.data_ptr() for s in starts), scale,
+            key_row, value_row, columns, first, stop, key_first,
+        )  # fmt: skip
         threads = max(1, min(torch.get_num_threads(), rows))
         bounds = [rows * index // threads for index in range(threads + 1)]
-        if threads == 1:
-            failed = run(0, rows)
-        else:
-            failed = any(_pool().map(run, bounds[:-1], bounds[1:]))
+        failed = run(0, rows) if threads == 1 else any(_pool().map(run, bounds[:-1], bounds[1:]))
         if failed:
             raise MemoryError("the 'cpu' window kernel could not allocate its scratch memory")
     return (out, lse) if return_lse else out

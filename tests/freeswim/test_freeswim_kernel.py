@@ -231,11 +231,12 @@ def test_default_tile_keeps_tiles_small_and_at_least_32_queries():
 def test_backend_choice(monkeypatch):
     import attnctl.core.window_attention as module
 
-    video, image = ((8, 6, 7), (8, 3, 5)), ((9, 11), (4, 6))
+    video, image = ((8, 6, 20), (8, 3, 15)), ((9, 20), (4, 15))
     query, key, value = qkv(video[0], batch=1, heads=1)
     fused = "cpu" if module.cpu_kernel_error() is None else "tiled"
-    assert module.default_backend(query, key, value, *video) == fused  # all of >= 8 frames in every window
-    assert module.default_backend(query, key, value, (8, 6, 7), (4, 3, 5)) == "tiled"  # windowed frames
+    assert module.default_backend(query, key, value, *video) == fused  # all 8 frames in every window
+    assert module.default_backend(query, key, value, (8, 6, 20), (4, 3, 15)) == "tiled"  # windowed frames
+    assert module.default_backend(query, key, value, (8, 6, 20), (8, 3, 5)) == "tiled"  # 5 of 16 lanes
     assert module.default_backend(*(t.double() for t in (query, key, value)), *video) == "tiled"
     assert module.default_backend(*qkv(image[0], batch=1, heads=1), *image) == "tiled"
     cuda = types.SimpleNamespace(device=torch.device("cuda"))
@@ -361,13 +362,25 @@ def test_cpu_kernel_strips_threads_strides_and_extreme_logits(monkeypatch):
 
 
 @needs_cpu_kernel
-def test_cpu_kernel_runs_by_default_only_where_it_fills_its_units():
-    video = (8, 6, 7), (None, 3, 5)
+def test_kernel_efficiency_counts_filled_rows_and_lanes():
+    efficiency = window_cpu.kernel_efficiency
+    assert efficiency((8, 32, 32), (8, 15, 15)) == 15 / 16  # one full unit of 8 frames per position
+    assert efficiency((4, 32, 32), (4, 15, 15)) == 0.5 * 15 / 16 >= window_cpu.MIN_EFFICIENCY
+    assert efficiency((21, 68, 120), (21, 31, 53)) == 21 / 24 * 53 / 64  # units of 8, 8 and 5 frames
+    assert efficiency((16, 32, 32), (8, 15, 15)) == 16 / (9 * 8) * 15 / 16  # interior frames each their own unit
+    assert efficiency((64, 64), (15, 15)) == 1 / 8 * 15 / 16 < window_cpu.MIN_EFFICIENCY  # one query per unit
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_runs_by_default_where_it_is_efficient():
+    video = (8, 6, 20), (None, 3, 15)
     query, key, value = qkv(video[0], batch=1, heads=2, dim=16)
     assert torch.equal(window_attention(query, key, value, *video),
                        window_attention(query, key, value, *video, backend="cpu"))
     assert torch.equal(window_attention(query, key, value, *video, tile=(8, 2, 2)),
                        window_attention(query, key, value, *video, backend="tiled", tile=(8, 2, 2)))
+    assert not torch.equal(window_attention(query, key, value, *video, backend="tiled"),
+                           window_attention(query, key, value, *video, backend="cpu"))  # not the same kernel
     query.requires_grad_(True)  # autograd: the tiled kernel, which has a backward
     window_attention(query, key, value, *video).sum().backward()
     expected = query.grad.clone()
@@ -393,7 +406,7 @@ def test_cpu_kernel_refuses_what_it_cannot_compute(change, message):
 def test_cpu_kernel_says_why_it_is_missing_and_the_default_falls_back(monkeypatch, tmp_path):
     import attnctl.core.window_attention as module
 
-    grid, window = (8, 6, 7), (8, 3, 5)
+    grid, window = (8, 6, 20), (8, 3, 15)
     query, key, value = qkv(grid, batch=1, heads=1)
     expected = naive_masked_softmax(query, key, value, grid, window)
     monkeypatch.setenv("ATTNCTL_KERNEL_CACHE", str(tmp_path))
@@ -415,7 +428,7 @@ def test_cpu_kernel_says_why_it_is_missing_and_the_default_falls_back(monkeypatc
                 if variable:
                     patch.setenv(variable, setting)
                 if capability:
-                    patch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+                    patch.setattr(torch.backends.cpu, "get_cpu_capability", lambda reported=capability: reported)
                 window_cpu._build.cache_clear()
                 assert re.search(message, window_cpu.cpu_kernel_error())
                 assert module.default_backend(query, key, value, grid, window) == "tiled"
@@ -442,3 +455,24 @@ def test_cpu_kernel_builds_once_into_its_cache(monkeypatch, tmp_path):
         assert window_cpu.cpu_kernel_error() is None and built[0].stat().st_mtime_ns == stamp
     finally:
         window_cpu._build.cache_clear()
+
+
+def test_kernel_benchmark_runs_each_method_in_its_own_process():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_freeswim_kernel.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--grids", "4x9x9", "--window", "4x5x5", "--methods", "cpu", "tiled", "full",
+         "--repeats", "1", "--threads", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| 4x9x9")]
+    assert [row[2] for row in rows] == ["cpu", "tiled", "full"]
+    assert all(row[9] == "3.24x" for row in rows)  # FLOP bound: 324 tokens / 100 window keys
+    assert float(rows[1][3]) > 0 and float(rows[2][3]) > 0  # best ms
+    if window_cpu.cpu_kernel_error() is None:
+        assert float(rows[0][3]) > 0
+    else:
+        assert "backend='cpu' cannot run here" in rows[0][3]
