@@ -34,3 +34,10 @@ def test_front_end_folders_install_under_the_attnctl_namespace():
     import attnctl.pipelines
 
     assert Path(attnctl.pipelines.__file__).parent == ROOT / "pipelines"
+
+
+def test_the_fused_window_kernel_source_ships_with_the_package():
+    from attnctl.core import window_cpu
+
+    patterns = _config()["package-data"]["attnctl.core"]
+    assert window_cpu.SOURCE.is_file() and any(window_cpu.SOURCE.match(pattern) for pattern in patterns)

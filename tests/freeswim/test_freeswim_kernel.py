@@ -476,3 +476,36 @@ def test_kernel_benchmark_runs_each_method_in_its_own_process():
         assert float(rows[0][3]) > 0
     else:
         assert "backend='cpu' cannot run here" in rows[0][3]
+
+
+@needs_cpu_kernel
+@pytest.mark.skipif(sys.platform != "linux", reason="guard pages via mmap and libc's mprotect")
+def test_cpu_kernel_never_reads_past_its_buffers(monkeypatch):
+    """Every buffer the kernel reads (queries, keys, values, its key and value strips) ends right before an
+    unreadable page: a read past any of them would crash the test process."""
+    import ctypes
+    import mmap
+    import random
+
+    libc = ctypes.CDLL(None)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    maps = []
+
+    def guarded(numel, dtype=torch.float32):
+        body = (numel * 4 + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        region = mmap.mmap(-1, body + mmap.PAGESIZE)
+        assert libc.mprotect(ctypes.addressof(ctypes.c_char.from_buffer(region)) + body, mmap.PAGESIZE, 0) == 0
+        maps.append(region)
+        return torch.frombuffer(region, dtype=dtype, count=numel, offset=body - numel * 4)
+
+    monkeypatch.setattr(window_cpu, "scratch", lambda slot, numel, dtype: guarded(numel, dtype))
+    draw = random.Random(0)
+    for _ in range(40):
+        axes = draw.randint(1, 3)
+        grid = tuple(draw.randint(1, 40 if axis == axes - 1 else 9) for axis in range(axes))
+        window = tuple(draw.randint(1, size) for size in grid)
+        shape = (draw.randint(1, 2), draw.randint(1, 3), math.prod(grid), draw.randint(1, 70))
+        query, key, value = (guarded(math.prod(shape)).view(shape).copy_(torch.randn(shape)) for _ in range(3))
+        out = window_attention(query, key, value, grid, window, backend="cpu")
+        torch.testing.assert_close(out, naive_masked_softmax(query, key, value, grid, window), atol=4 * TOLERANCE,
+                                   rtol=0)
