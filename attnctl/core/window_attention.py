@@ -7,8 +7,8 @@ its inward window (:mod:`attnctl.core.windows`). Backends:
   against;
 * ``"cpu"``: the fused CPU kernel (:mod:`attnctl.core.window_cpu`, C with AVX-512, built on first use): visits
   only each query's window; float32 CPU tensors without autograd; the default on CPU for video grids whose
-  window spans several frames (FreeSwim's), where it is 3.3x and 15x faster than full SDPA at 8x32x32 and
-  8x64x64 tokens (BENCHMARKS.md, "Fused CPU window kernel");
+  window spans several frames (FreeSwim's), where it is 3.3-3.7x and 14-15x faster than full SDPA at 8x32x32
+  and 8x64x64 tokens (BENCHMARKS.md, "Fused CPU window kernel");
 * ``"tiled"``: dense SDPA blocks over query tiles (:mod:`attnctl.core.window_tiles`); never builds an N x N
   matrix; any dtype, device and autograd; the default elsewhere on CPU and on GPUs without NATTEN (on an
   H200 at FreeSwim's 1080p grid it ran 2.9x faster than compiled flex: BENCHMARKS.md, "FreeSwim on a GPU");
