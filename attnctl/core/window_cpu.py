@@ -187,6 +187,10 @@ def _strips(width: int, window: int) -> tuple[tuple[int, int, int, int], ...]:
     return tuple(strips)
 
 
-@lru_cache(maxsize=1)
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # process id -> its pool: a forked child has none of its parent's threads
+
+
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="attnctl-window")
+    if os.getpid() not in _POOLS:
+        _POOLS[os.getpid()] = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="attnctl-window")
+    return _POOLS[os.getpid()]

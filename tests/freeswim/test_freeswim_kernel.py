@@ -509,3 +509,26 @@ def test_cpu_kernel_never_reads_past_its_buffers(monkeypatch):
         out = window_attention(query, key, value, grid, window, backend="cpu")
         torch.testing.assert_close(out, naive_masked_softmax(query, key, value, grid, window), atol=4 * TOLERANCE,
                                    rtol=0)
+
+
+def _threaded_window_attention(query, key, value, grid, window):
+    torch.set_num_threads(2)
+    return window_attention(query, key, value, grid, window, backend="cpu")
+
+
+@needs_cpu_kernel
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_cpu_kernel_threads_work_in_a_forked_child():
+    """A forked child has none of its parent's pool threads: it must start its own, not wait forever."""
+    import multiprocessing
+
+    grid, window = (8, 6, 20), (8, 3, 15)
+    query, key, value = qkv(grid, batch=1, heads=2)
+    threads = torch.get_num_threads()
+    try:
+        expected = _threaded_window_attention(query, key, value, grid, window)  # the parent's pool exists now
+    finally:
+        torch.set_num_threads(threads)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        out = pool.apply_async(_threaded_window_attention, (query, key, value, grid, window)).get(timeout=120)
+    assert torch.equal(out, expected)
