@@ -8,10 +8,12 @@ from __future__ import annotations
 import imageio
 import numpy as np
 import PIL.Image
+import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from diffusers.utils import export_to_video
 
+import attnctl.core.window_cpu as window_cpu
 from attnctl import FreeSwimPipeline, FreeSwimPipelineOutput
 from attnctl.models.tiny_wan import build_tiny_wan_components, build_tiny_wan_transformer
 
@@ -110,3 +112,20 @@ def test_whole_floats_run_as_the_integers_they_are(pipe):
     integers = {name: int(value) for name, value in floats.items()}
     assert torch.equal(generate(pipe, output_type="latent", **floats).frames,
                        generate(pipe, output_type="latent", **integers).frames)
+
+
+@pytest.mark.skipif(window_cpu.cpu_kernel_error() is not None, reason="no fused CPU window kernel here")
+def test_stage_two_on_the_fused_cpu_kernel_matches_the_tiled_kernel(pipe, monkeypatch):
+    """FreeSwim's window branch through the fused kernel (its default for real video windows on CPU): Wan's
+    strided (batch, heads, tokens, dim) views and the entropy scale reach it, and the video is the tiled one's."""
+    import attnctl.core.window_attention as module
+
+    tiled = generate(pipe, output_type="latent").frames
+    calls = []
+    fused = module.cpu_window_attention
+    monkeypatch.setattr(module, "MIN_EFFICIENCY", 0.0)  # the tiny model's 5-column window fills 5 of 16 lanes
+    monkeypatch.setattr(module, "cpu_window_attention", lambda *args: calls.append(args[3]) or fused(*args))
+    out = generate(pipe, output_type="latent").frames
+    assert calls and set(calls) == {(2, 6, 7)}  # every window call of stage 2, on its (frames, rows, columns) grid
+    assert not torch.equal(out, tiled)  # another kernel ran (another summation order)
+    torch.testing.assert_close(out, tiled, atol=1e-4, rtol=0)
