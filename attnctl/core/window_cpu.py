@@ -21,6 +21,7 @@ import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -59,21 +60,22 @@ def _build() -> ctypes._CFuncPtr | str:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != "AVX512":
         return f"it needs a CPU with AVX-512 (PyTorch reports {capability})"
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    found = shutil.which("cc") or shutil.which("gcc")
+    compiler = shlex.split(os.environ.get("CC", "")) or ([found] if found else [])  # $CC may be "ccache gcc"
     if not compiler:
         return "it needs a C compiler to build csrc/window_cpu.c (set $CC or install gcc)"
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=True).stdout
         digest = hashlib.sha256(SOURCE.read_bytes() + repr((CFLAGS, compiler, version)).encode()).hexdigest()[:16]
         target = kernel_cache_dir() / f"window_cpu-{digest}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so")  # then an atomic rename
             os.close(handle)
-            built = subprocess.run([compiler, *CFLAGS, "-o", partial, str(SOURCE), "-lm"], capture_output=True, text=True)
+            built = subprocess.run([*compiler, *CFLAGS, "-o", partial, str(SOURCE), "-lm"], capture_output=True, text=True)
             if built.returncode:
                 os.unlink(partial)
-                return f"building csrc/window_cpu.c with {compiler} failed: {built.stderr.strip()[-500:]}"
+                return f"building csrc/window_cpu.c with {shlex.join(compiler)} failed: {built.stderr.strip()[-500:]}"
             os.replace(partial, target)
         function = ctypes.CDLL(str(target)).attnctl_window_attention
     except (OSError, subprocess.CalledProcessError) as error:

@@ -444,7 +444,10 @@ def test_cpu_kernel_says_why_it_is_missing_and_the_default_falls_back(monkeypatc
 
 @needs_cpu_kernel
 def test_cpu_kernel_builds_once_into_its_cache(monkeypatch, tmp_path):
+    import shutil
+
     monkeypatch.setenv("ATTNCTL_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", f"env {shutil.which('cc') or shutil.which('gcc')}")  # a $CC with a launcher, as ccache
     try:
         window_cpu._build.cache_clear()
         assert window_cpu.cpu_kernel_error() is None
