@@ -16,7 +16,6 @@ backend stays ``tiled``.
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import math
 import os
@@ -26,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
@@ -156,7 +155,7 @@ def cpu_window_attention(
         vs[..., : columns * dim].view(*strip, columns, dim).copy_(values[..., key_first : key_first + columns, :])
 
         # the kernel over rows [first job, stop job) of positions, the call's remaining two arguments
-        run = functools.partial(
+        run = partial(
             kernel,
             query.data_ptr(), query.stride(0), query.stride(1), query.stride(2),
             kt.data_ptr(), vs.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),
