@@ -4,9 +4,9 @@ Two phases, each resumable (checkpoints every few minutes and at the end of a ph
   1. a tiny CLIP (``attnctl.models.contrastive``): text tower + ViT image tower, CLIP's plain contrastive
      objective on rendered shape scenes and their captions (no hard negatives);
   2. a ``UNet2DConditionModel`` on the FROZEN text tower's token states (epsilon prediction, min-SNR-5 loss
-     weights, 10% caption dropout, EMA), with the embedded default model's VAE reused as the frozen codec.
-     With ``--init-unet`` (the default) the UNet starts from the default model's UNet, its cross-attention
-     key and value projections composed with a least-squares map from CLIP token states to the default
+     weights, 10% caption dropout, EMA), with the embedded ``joint`` model's VAE reused as the frozen codec.
+     With ``--init-unet`` (the default) the UNet starts from the ``joint`` model's UNet, its cross-attention
+     key and value projections composed with a least-squares map from CLIP token states to the ``joint``
      text encoder's (CPU time here allows only a short fine-tune, not training from scratch).
 The CLIP sees every scene (``sample_any_scene``: nothing held out, as SD's CLIP saw far more than SD's
 images). The denoiser's captions cover every colour pair, with the compositions of
@@ -99,7 +99,7 @@ def aligned_positions(tokenizer, caption: str) -> tuple[list[int], list[int]]:
     """Token positions of BOS and of each word's last piece, and the positions from the first end token on.
 
     Causal encoders have read the whole word at its last piece, so these positions line up two tokenizers
-    that split words differently (the default model's splits ``orange``; the CLIP model's does not)."""
+    that split words differently (the ``joint`` model's splits ``orange``; the CLIP model's does not)."""
     heads, position = [0], 0
     for word in caption.split():
         position += len(tokenizer(word, add_special_tokens=False).input_ids)

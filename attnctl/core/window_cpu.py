@@ -101,6 +101,7 @@ def unsupported(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> 
     return cpu_kernel_error()
 
 
+@lru_cache(maxsize=64)  # asked on every default-backend call: once per grid and window
 def kernel_efficiency(grid: tuple[int, ...], window: tuple[int, ...]) -> float:
     """Share of the kernel's multiply-adds that a window needs: work units fill ``group / GROUP`` of its 8-row
     blocks (frames sharing a frame window; one query on 1-D and 2-D grids) and a window row of ``w`` keys fills
@@ -140,18 +141,17 @@ def cpu_window_attention(
     lse = torch.empty(query.shape[:-1], dtype=torch.float32) if return_lse else None
     starts = _starts(grid3, window3)
     keys, values = key.unflatten(2, grid3), value.unflatten(2, grid3)  # (batch, heads, frames, height, width, dim)
-    rows = batch * heads * height
+    rows, strip = batch * heads * height, (batch, heads, frames, height)
     for first, stop, key_first, columns in _strips(width, window3[2]):
         key_row, value_row = dim * columns + PAD, columns * dim + PAD
-        strip = (batch, heads, frames, height)
         # K^T per (frame, row): (dim, columns), then PAD zeros
-        kt = scratch("cpu keys", batch * heads * frames * height * key_row, torch.float32).view(*strip, key_row)
+        kt = scratch("cpu keys", math.prod(strip) * key_row, torch.float32).view(*strip, key_row)
         kt[..., : dim * columns].view(*strip, dim, columns).copy_(
             keys[..., key_first : key_first + columns, :].transpose(-1, -2)
         )
         kt[..., dim * columns :].zero_()
         # V per (frame, row): (columns, dim)
-        vs = scratch("cpu values", batch * heads * frames * height * value_row, torch.float32).view(*strip, value_row)
+        vs = scratch("cpu values", math.prod(strip) * value_row, torch.float32).view(*strip, value_row)
         vs[..., : columns * dim].view(*strip, columns, dim).copy_(values[..., key_first : key_first + columns, :])
 
         # the kernel over rows [first job, stop job) of positions, the call's remaining two arguments

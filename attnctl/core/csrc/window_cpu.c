@@ -32,13 +32,15 @@
 #define GROUP 8      /* queries per work unit (frames sharing one window) */
 #define KEY_BLOCK 3  /* 16-key vectors per step of the scores kernel: GROUP x KEY_BLOCK accumulators */
 #define INLINE static inline __attribute__((always_inline))
+#define LN2 0.69314718055994531f
+#define LOG2E 1.44269504088896341f
 
 /* 2^x for x <= 0: x = n + f with |f| <= 1/2, 2^f = e^(f ln 2) by its Taylor series to degree 7
  * (relative error < 2e-8 on |f ln 2| <= 0.35), 2^n by vscalefps. */
 INLINE __m512 exp2_ps(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-150.0f));
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_mul_ps(_mm512_sub_ps(x, n), _mm512_set1_ps(0.69314718055994531f));
+    __m512 f = _mm512_mul_ps(_mm512_sub_ps(x, n), _mm512_set1_ps(LN2));
     __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 720.0f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120.0f));
@@ -101,7 +103,6 @@ int attnctl_window_attention(const float *q, int64_t q_batch_stride, int64_t q_h
                              const int64_t *start_t, const int64_t *start_h, const int64_t *start_w, float scale,
                              int64_t key_row, int64_t value_row, int64_t key_col, int64_t w_begin, int64_t w_end,
                              int64_t key_col0, int64_t job_begin, int64_t job_end) {
-    const float log2e = 1.44269504088896341f;
     const int64_t per_row = (ww + 15) / 16, vectors = wt * wh * per_row, s_row = 16 * vectors;
     const int64_t tokens = frames * height * width, bh_keys = frames * height * key_row,
                   bh_values = frames * height * value_row;
@@ -124,7 +125,7 @@ int attnctl_window_attention(const float *q, int64_t q_batch_stride, int64_t q_h
                 for (int64_t d = 0; d < dim; d++)
                     for (int m = 0; m < GROUP; m++)
                         qp[d * GROUP + m] =
-                            m < group ? qb[(((t0 + m) * height + h) * width + w) * q_token_stride + d] * scale * log2e
+                            m < group ? qb[(((t0 + m) * height + h) * width + w) * q_token_stride + d] * scale * LOG2E
                                       : 0.0f;
                 int64_t vec = 0;
                 for (int64_t tk = start_t[t0]; tk < start_t[t0] + wt; tk++)
@@ -172,7 +173,7 @@ int attnctl_window_attention(const float *q, int64_t q_batch_stride, int64_t q_h
                     const int64_t token = bh * tokens + ((t0 + m) * height + h) * width + w;
                     const float inverse = 1.0f / total[m];
                     for (int64_t d = 0; d < dim; d++) out[token * dim + d] = o[m * dim + d] * inverse;
-                    if (lse) lse[token] = (top[m] + log2f(total[m])) * 0.69314718055994531f;
+                    if (lse) lse[token] = (top[m] + log2f(total[m])) * LN2;
                 }
             }
         }
