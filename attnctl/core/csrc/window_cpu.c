@@ -9,7 +9,8 @@
  * Work unit: the queries of one (height, width) position whose frames share a frame window (all frames when
  * the window spans them, FreeSwim's case), up to GROUP of them. They attend exactly the same keys, so
  *   scores:  S[GROUP, keys] = Q[GROUP, dim] K^T[dim, keys]     (GROUP x 3 vectors of 16 keys per step of dim)
- *   softmax: in place on S, base 2 (Q is pre-scaled by scale * log2 e)
+ *   softmax: in place on S (Q is pre-scaled by scale), as exp2((s - m) log2 e): the log2 e factor rounds the
+ *            difference to the row maximum, not the score, so large logits lose no extra precision
  *   values:  O[GROUP, dim] = P[GROUP, keys] V[keys, dim]       (4 queries x 4 vectors of 16 channels per key)
  * are small dense products with register blocking and no wasted key.
  *
@@ -53,7 +54,7 @@ INLINE __m512 exp2_ps(__m512 x) {
 }
 
 /* S[:, block] = Q K^T for `count` 16-key vectors; also folds each query's running max over its valid keys.
- * qp: (dim, GROUP) pre-scaled queries; key vector c of step d at kt + offset[c] + d * key_col. */
+ * qp: (dim, GROUP) queries times the softmax scale; key vector c of step d at kt + offset[c] + d * key_col. */
 INLINE void score_block(const float *qp, const float *kt, const int64_t *offset, const __mmask16 *valid,
                         int64_t key_col, int64_t dim, float *s, int64_t s_row, __m512 *row_max, const int count) {
     __m512 acc[GROUP][KEY_BLOCK];
@@ -125,7 +126,7 @@ int attnctl_window_attention(const float *q, int64_t q_batch_stride, int64_t q_h
                 for (int64_t d = 0; d < dim; d++)
                     for (int m = 0; m < GROUP; m++)
                         qp[d * GROUP + m] =
-                            m < group ? qb[(((t0 + m) * height + h) * width + w) * q_token_stride + d] * scale * LOG2E
+                            m < group ? qb[(((t0 + m) * height + h) * width + w) * q_token_stride + d] * scale
                                       : 0.0f;
                 int64_t vec = 0;
                 for (int64_t tk = start_t[t0]; tk < start_t[t0] + wt; tk++)
@@ -148,9 +149,9 @@ int attnctl_window_attention(const float *q, int64_t q_batch_stride, int64_t q_h
                 for (int m = 0; m < GROUP; m++) {
                     float *row = s + m * s_row;
                     top[m] = _mm512_reduce_max_ps(row_max[m]);
-                    __m512 peak = _mm512_set1_ps(top[m]), sum = _mm512_setzero_ps();
+                    __m512 peak = _mm512_set1_ps(top[m]), log2e = _mm512_set1_ps(LOG2E), sum = _mm512_setzero_ps();
                     for (int64_t x = 0; x < vectors && m < group; x++) {
-                        __m512 p = _mm512_maskz_mov_ps(valid[x], exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(row + 16 * x), peak)));
+                        __m512 p = _mm512_maskz_mov_ps(valid[x], exp2_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row + 16 * x), peak), log2e)));
                         _mm512_storeu_ps(row + 16 * x, p);
                         sum = _mm512_add_ps(sum, p);
                     }
@@ -173,7 +174,7 @@ int attnctl_window_attention(const float *q, int64_t q_batch_stride, int64_t q_h
                     const int64_t token = bh * tokens + ((t0 + m) * height + h) * width + w;
                     const float inverse = 1.0f / total[m];
                     for (int64_t d = 0; d < dim; d++) out[token * dim + d] = o[m * dim + d] * inverse;
-                    if (lse) lse[token] = (top[m] + log2f(total[m])) * LN2;
+                    if (lse) lse[token] = top[m] + log2f(total[m]) * LN2;
                 }
             }
         }
